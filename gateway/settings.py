@@ -1,0 +1,127 @@
+"""Settings from the environment and `.env`.
+
+Names the original FastAPI backend used keep their meaning (`DATABASE_URL`,
+`OPENAI_API_KEY`, `MODEL_NAME`, `VECTOR_DIM`, `DEBUG`, `SECRET_KEY`, `DEV_TOKEN`,
+`SENTRY_DSN`). A bad value stops start-up with one line naming the variable; values are
+never echoed, since several are secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Accepted only with DEBUG=true, so a deployment that forgets SECRET_KEY refuses to start.
+DEV_SECRET_KEY = "painar-development-secret-not-for-production"
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; str() is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    model_name: str = "gpt-4o-mini"
+    embedding_model: str = "text-embedding-3-small"
+    transcription_model: str = "whisper-1"
+    # pgvector's HNSW index takes at most 2000 dimensions for `vector`.
+    vector_dim: Annotated[int, Field(ge=1, le=2000)] = 1536
+    debug: bool = False
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    dev_token: SecretStr = SecretStr("dev-token")
+    sentry_dsn: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+    db_pool_min: Annotated[int, Field(ge=1)] = 1
+    db_pool_max: Annotated[int, Field(ge=1)] = 10
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_uri(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = urlsplit(value).scheme
+        # The original backend used SQLAlchemy URLs such as postgresql+psycopg://; the
+        # driver suffix means nothing to asyncpg, so it is dropped.
+        base = scheme.split("+", 1)[0]
+        if base not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// URI")
+        return "postgresql" + value[len(scheme) :]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_uri(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URI")
+        return value
+
+    @field_validator("openai_base_url", "sentry_dsn")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _secrets_fit_the_mode(self) -> Settings:
+        secret = self.secret_key.get_secret_value()
+        if not self.debug and secret == DEV_SECRET_KEY:
+            raise SettingsError(
+                "SECRET_KEY: set a secret of at least 32 characters "
+                "(the development default is accepted only with DEBUG=true)"
+            )
+        if not self.debug and len(secret) < 32:
+            raise SettingsError("SECRET_KEY: must be at least 32 characters")
+        if self.db_pool_max < self.db_pool_min:
+            raise SettingsError("DB_POOL_MAX: must not be below DB_POOL_MIN")
+        return self
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raises SettingsError with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors(include_input=False, include_url=False)[0]
+    ctx = error.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, SettingsError):
+        return str(inner)
+    loc = error["loc"]
+    name = str(loc[0]).upper() if loc else "settings"
+    message = str(inner) if inner is not None else error["msg"]
+    return f"{name}: {message}"

@@ -1,0 +1,77 @@
+"""Connection pool and the checks that the database matches this gateway's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+from pgvector.asyncpg import register_vector
+
+from storage.migrations import MigrationError, migrate
+
+Pool = asyncpg.Pool
+
+
+def _default(value: object) -> str:
+    # asyncpg returns its own UUID class, which orjson does not know.
+    return str(value)
+
+
+def _encode_json(value: object) -> str:
+    return orjson.dumps(value, default=_default).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_json,
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+    await register_vector(conn)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection set up like the pool's (for scripts, tools and tests)."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    """A pool whose connections speak jsonb as Python values and vector as lists of floats.
+
+    The schema must be migrated first: the vector type is looked up on connect.
+    """
+    pool: Pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    return pool
+
+
+async def prepare_schema(dsn: str, *, vector_dim: int, apply: bool = True) -> list[str]:
+    """Apply pending migrations (when `apply`), then check the stored vector size."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        done = await migrate(conn, {"vector_dim": str(vector_dim)}) if apply else []
+        await check_vector_dim(conn, vector_dim)
+        return done
+    finally:
+        await conn.close()
+
+
+async def check_vector_dim(conn: asyncpg.Connection, vector_dim: int) -> None:
+    stored: Any = await conn.fetchval(
+        """
+        SELECT atttypmod FROM pg_attribute
+        WHERE attrelid = to_regclass('memories') AND attname = 'embedding'
+        """
+    )
+    if stored is None:
+        raise MigrationError("the database has no schema yet: run `painar-gateway migrate`")
+    if stored != vector_dim:
+        raise MigrationError(
+            f"VECTOR_DIM is {vector_dim} but the database stores {stored}-dimensional "
+            "memories; set VECTOR_DIM to match or use a new database"
+        )

