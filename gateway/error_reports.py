@@ -11,6 +11,7 @@ breadcrumb messages and data, request bodies, headers, query strings, users and 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import sentry_sdk
@@ -26,17 +27,21 @@ def init_error_reports(dsn: str | None, *, environment: str, release: str) -> bo
     """Start reporting to Sentry when a DSN is configured; returns whether it did."""
     if not dsn:
         return False
-    sentry_sdk.init(
-        dsn=dsn,
-        environment=environment,
-        release=release,
-        send_default_pii=False,
-        include_local_variables=False,
-        max_request_body_size="never",
-        before_send=scrub_event,
-        before_send_transaction=scrub_event,
-        before_breadcrumb=scrub_breadcrumb,
-    )
+    with warnings.catch_warnings():
+        # Recent 2.x releases deprecate send_default_pii in favour of data_collection;
+        # it is still honoured, and stating it keeps the promise explicit in this file.
+        warnings.filterwarnings("ignore", "The send_default_pii option", DeprecationWarning)
+        sentry_sdk.init(
+            dsn=dsn,
+            environment=environment,
+            release=release,
+            send_default_pii=False,
+            include_local_variables=False,
+            max_request_body_size="never",
+            before_send=scrub_event,
+            before_send_transaction=scrub_event,
+            before_breadcrumb=scrub_breadcrumb,
+        )
     log.info("error reports enabled")
     return True
 

@@ -55,12 +55,14 @@ class HttpMetricsMiddleware:
 
 
 def _route_template(scope: Scope) -> str:
-    app = scope.get("app")
-    for route in getattr(app, "routes", ()):
+    partial = UNMATCHED_ROUTE  # path matched, method did not (405)
+    for route in getattr(scope.get("app"), "routes", ()):
         match, _ = route.matches(scope)
         if match == Match.FULL:
-            return str(getattr(route, "path", UNMATCHED_ROUTE))
-    return UNMATCHED_ROUTE
+            return str(route.path)
+        if match == Match.PARTIAL and partial == UNMATCHED_ROUTE:
+            partial = str(route.path)
+    return partial
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -1,0 +1,62 @@
+# PainAR Gateway. `just run` starts it on embedded defaults; `just test` runs the suite.
+# Each recipe creates .venv with Python 3.11+ and installs what it needs on first use.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := env_var_or_default("PYTHON", "python3")
+bin := ".venv/bin"
+
+# List the recipes
+default:
+    @just --list
+
+# Create .venv if missing and (re)install the gateway when pyproject.toml changed
+install:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x {{bin}}/python ]; then
+        if ! {{python}} -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "just: Python 3.11 or newer is needed; point PYTHON at one (PYTHON=python3.12 just run)" >&2
+            exit 1
+        fi
+        {{python}} -m venv .venv
+    fi
+    if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+        {{bin}}/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+        {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,dev]'
+        touch .venv/.installed
+    fi
+
+# Serve on embedded defaults (a development run: DEBUG defaults to true)
+run *args: install
+    DEBUG="${DEBUG:-true}" exec {{bin}}/painar-gateway serve {{args}}
+
+# Run the test suite (arguments go to pytest)
+test *args: install
+    {{bin}}/pytest {{args}}
+
+# ruff check, ruff format --check, mypy
+lint: install
+    {{bin}}/ruff check .
+    {{bin}}/ruff format --check .
+    {{bin}}/mypy
+
+# Format the code and apply safe lint fixes
+fmt: install
+    {{bin}}/ruff format .
+    {{bin}}/ruff check --fix .
+
+# Apply pending database migrations (embedded database unless DATABASE_URL is set)
+migrate: install
+    DEBUG="${DEBUG:-true}" {{bin}}/painar-gateway migrate
+
+# Run the benchmarks in bench/ (one by name: just bench changes)
+bench name="": install
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for script in bench/*.py; do
+        case "$script" in */_*) continue ;; esac
+        if [ -z "{{name}}" ] || [ "$script" = "bench/{{name}}.py" ]; then
+            {{bin}}/python "$script"
+        fi
+    done

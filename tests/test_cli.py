@@ -1,0 +1,263 @@
+"""`painar-gateway` as an operator runs it: a real process, real signals, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from gateway.auth import AUDIENCE
+from gateway.settings import Settings, SettingsError, load_settings
+from storage.changes import Mutation, ThreadData, apply_mutations, current_version
+from storage.database import connect
+from tests.support import TEST_SECRET, TIMEOUT_S, eventually, free_port
+
+# Variables the gateway reads; the tests' processes get only what each test sets.
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+
+
+def gateway_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(values)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env=gateway_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"VECTOR_DIM": "abc"}, "VECTOR_DIM"),
+        ({"VECTOR_DIM": "4096"}, "VECTOR_DIM"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"DATABASE_URL": "mysql://db/painar"}, "DATABASE_URL"),
+        ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL"),
+        ({"OPENAI_BASE_URL": "localhost:8080"}, "OPENAI_BASE_URL"),
+        ({"SENTRY_DSN": "not a url"}, "SENTRY_DSN"),
+        ({"DEBUG": "perhaps"}, "DEBUG"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"SECRET_KEY": "too-short"}, "SECRET_KEY"),
+        ({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"}, "DB_POOL_MAX"),
+        ({"DB_POOL_MIN": "0"}, "DB_POOL_MIN"),
+    ],
+)
+def test_a_bad_setting_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], variable: str
+) -> None:
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: ") and "\n" not in message
+
+
+def test_the_development_secret_needs_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SettingsError, match="^SECRET_KEY: .*DEBUG=true"):
+        load_settings(_env_file=None)
+    assert load_settings(_env_file=None, debug=True).debug
+
+
+def test_the_original_backends_database_url_is_accepted() -> None:
+    settings = load_settings(
+        _env_file=None,
+        secret_key=TEST_SECRET,
+        database_url="postgresql+psycopg://user:password@localhost:5432/painar",
+    )
+    assert settings.database_url == "postgresql://user:password@localhost:5432/painar"
+    socket = load_settings(
+        _env_file=None, secret_key=TEST_SECRET, database_url="postgresql:///painar?host=/run/pg"
+    )
+    assert socket.database_url == "postgresql:///painar?host=/run/pg"
+
+
+def test_a_bad_setting_stops_serve_with_exit_2_and_one_line(tmp_path: Path) -> None:
+    result = run_cli("serve", cwd=tmp_path, SECRET_KEY=TEST_SECRET, VECTOR_DIM="abc")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("painar-gateway: configuration error: VECTOR_DIM:")
+    assert not (tmp_path / ".data").exists()  # nothing was started
+
+
+def test_settings_come_from_a_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("VECTOR_DIM=not-a-number\n")
+    result = run_cli("serve", cwd=tmp_path, SECRET_KEY=TEST_SECRET)
+    assert result.returncode == 2
+    assert "VECTOR_DIM" in result.stderr
+
+
+def test_values_of_bad_settings_are_not_echoed(tmp_path: Path) -> None:
+    secret_url = "mysql://admin:hunter2-secret@db/painar"
+    result = run_cli("serve", cwd=tmp_path, SECRET_KEY=TEST_SECRET, DATABASE_URL=secret_url)
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr
+
+
+def test_token_prints_a_jwt_for_the_gateway_audience(tmp_path: Path) -> None:
+    sub = uuid.uuid4()
+    result = run_cli(
+        "token",
+        "--role",
+        "patient",
+        "--sub",
+        str(sub),
+        "--device-id",
+        "headset-1",
+        "--ttl",
+        "60",
+        cwd=tmp_path,
+        SECRET_KEY=TEST_SECRET,
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), TEST_SECRET, ["HS256"], audience=AUDIENCE)
+    assert claims["sub"] == claims["patient_id"] == str(sub)
+    assert (claims["role"], claims["device_id"]) == ("patient", "headset-1")
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_token_for_a_clinician_names_no_patient(tmp_path: Path) -> None:
+    args = ["token", "--role", "clinician", "--sub", str(uuid.uuid4())]
+    result = run_cli(*args, cwd=tmp_path, SECRET_KEY=TEST_SECRET)
+    assert result.returncode == 0
+    claims = jwt.decode(result.stdout.strip(), TEST_SECRET, ["HS256"], audience=AUDIENCE)
+    assert claims["role"] == "clinician" and "patient_id" not in claims
+
+    refused = run_cli(
+        *args, "--patient-id", str(uuid.uuid4()), cwd=tmp_path, SECRET_KEY=TEST_SECRET
+    )
+    assert refused.returncode == 2
+    assert "patient_id" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["token", "--role", "nurse", "--sub", str(uuid.UUID(int=1))],
+        ["token", "--role", "patient", "--sub", "not-a-uuid"],
+        ["token", "--role", "patient", "--sub", str(uuid.UUID(int=1)), "--ttl", "0"],
+    ],
+)
+def test_token_refuses_bad_arguments(tmp_path: Path, args: list[str]) -> None:
+    result = run_cli(*args, cwd=tmp_path, SECRET_KEY=TEST_SECRET)
+    assert result.returncode == 2
+    assert result.stdout == ""
+
+
+def test_migrate_applies_once_then_finds_nothing_to_do(
+    tmp_path: Path, blank_database_url: str
+) -> None:
+    env = {"SECRET_KEY": TEST_SECRET, "DATABASE_URL": blank_database_url, "VECTOR_DIM": "8"}
+    first = run_cli("migrate", cwd=tmp_path, **env)
+    assert first.returncode == 0, first.stderr
+    assert "1 migration(s) applied" in first.stderr
+    second = run_cli("migrate", cwd=tmp_path, **env)
+    assert second.returncode == 0
+    assert "0 migration(s) applied" in second.stderr
+    wrong_dim = run_cli("migrate", cwd=tmp_path, **{**env, "VECTOR_DIM": "9"})
+    assert wrong_dim.returncode == 1
+    assert "VECTOR_DIM is 9" in wrong_dim.stderr
+
+
+def test_serve_refuses_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/painar"
+    result = run_cli("serve", cwd=tmp_path, SECRET_KEY=TEST_SECRET, DATABASE_URL=dsn)
+    assert result.returncode == 1
+    assert "database unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def start_serving(data_dir: Path, port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        cwd=data_dir,
+        env=gateway_env(DEBUG="true", DATA_DIR=str(data_dir / ".data"), PORT=str(port)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def wait_ready(port: int) -> None:
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+
+        async def ready() -> bool:
+            try:
+                response = await client.get(f"http://127.0.0.1:{port}/readyz")
+            except httpx.TransportError:
+                return False
+            return response.status_code == 200
+
+        await eventually(ready, timeout=60, what="the gateway to become ready")
+
+
+def embedded_dsn(pgdata: Path) -> str:
+    """The running embedded server's socket directory is line 5 of postmaster.pid."""
+    socket_dir = (pgdata / "postmaster.pid").read_text().splitlines()[4]
+    return f"postgresql://postgres@/postgres?host={socket_dir}"
+
+
+async def stop_with(process: asyncio.subprocess.Process, signum: int) -> str:
+    process.send_signal(signum)
+    async with asyncio.timeout(TIMEOUT_S * 3):
+        _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stderr.decode()
+
+
+async def test_serve_on_embedded_defaults_stops_cleanly_and_keeps_its_data(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    pgdata = tmp_path / ".data" / "postgres"
+    patient = uuid.uuid4()
+
+    process = await start_serving(tmp_path, port)
+    try:
+        await wait_ready(port)
+        conn = await connect(embedded_dsn(pgdata))
+        try:
+            thread = Mutation("thread", "upsert", uuid.uuid4(), ThreadData("kept"))
+            await apply_mutations(conn, patient, [thread])
+        finally:
+            await conn.close()
+    finally:
+        log = await stop_with(process, signal.SIGTERM)
+    assert "stopping embedded PostgreSQL" in log
+    assert not (pgdata / "postmaster.pid").exists()
+
+    process = await start_serving(tmp_path, port)
+    try:
+        await wait_ready(port)
+        conn = await connect(embedded_dsn(pgdata))
+        try:
+            assert await current_version(conn, patient) == 1
+        finally:
+            await conn.close()
+    finally:
+        await stop_with(process, signal.SIGINT)
+    assert not (pgdata / "postmaster.pid").exists()
