@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
+from gateway.auth import Authenticator
+from gateway.broker import Broker
+from gateway.broker.memory import MemoryBroker
+from gateway.broker.redis import RedisBroker
 from gateway.health import Probe, healthz, readyz
+from gateway.hub import Hub
 from gateway.metrics import HttpMetricsMiddleware, metrics_endpoint
+from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.ws import websocket_endpoint
 from storage.database import create_pool
 
 
@@ -24,17 +30,30 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
         pool = await create_pool(
             database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-        probes: dict[str, Probe] = {"database": lambda: pool.fetchval("SELECT 1")}
-        probes["broker"] = redis.ping if redis is not None else _memory_broker_ready
-        app.state.settings = settings
-        app.state.pool = pool
+        broker: Broker = RedisBroker(settings.redis_url) if settings.redis_url else MemoryBroker()
+        hub = Hub(broker)
+        await hub.start()
+        runtime = Runtime(
+            settings=settings,
+            pool=pool,
+            hub=hub,
+            authenticator=Authenticator(
+                settings.secret_key.get_secret_value(),
+                jwks_url=settings.jwks_url,
+                dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
+            ),
+        )
+
+        probes: dict[str, Probe] = {
+            "database": lambda: pool.fetchval("SELECT 1"),
+            "broker": broker.ping,
+        }
+        app.state.runtime = runtime
         app.state.readiness_probes = probes
         try:
             yield
         finally:
-            if redis is not None:
-                await redis.aclose()
+            await hub.close()
             await pool.close()
 
     return Starlette(
@@ -43,11 +62,8 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            WebSocketRoute("/v1/ws", websocket_endpoint),
         ],
         middleware=[Middleware(HttpMetricsMiddleware)],
         lifespan=lifespan,
     )
-
-
-async def _memory_broker_ready() -> None:
-    """The in-process broker is ready whenever the process is."""

@@ -1,15 +1,100 @@
-"""JSON Web Tokens: the claims PROTOCOL.md defines, signed for audience `painar-gateway`."""
+"""JSON Web Tokens: the claims PROTOCOL.md defines, for audience `painar-gateway`.
+
+HS256 tokens are verified with SECRET_KEY. With JWKS_URL set, RS256 and ES256 tokens are
+verified against the key the JWKS names (`kid`). Each algorithm is tied to its own key
+source, so a public key can never be used as an HMAC secret (algorithm confusion), and
+`alg: none` matches no source at all.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 from uuid import UUID
 
 import jwt
 
 AUDIENCE = "painar-gateway"
 Role = Literal["patient", "clinician"]
+ASYMMETRIC = ("RS256", "ES256")
+# DEV_TOKEN (DEBUG only) stands for this patient on this device.
+DEV_PATIENT_ID = UUID("00000000-0000-4000-8000-000000000001")
+DEV_DEVICE_ID = "dev"
+
+
+class AuthError(Exception):
+    """Why a token was refused; the text is safe to show the client."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    role: Role
+    sub: UUID
+    patient_id: UUID | None  # patients only
+    device_id: str | None
+
+
+class Authenticator:
+    def __init__(
+        self, secret: str, *, jwks_url: str | None = None, dev_token: str | None = None
+    ) -> None:
+        self._secret = secret
+        self._dev_token = dev_token
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+
+    async def verify(self, token: str) -> Identity:
+        if self._dev_token is not None and token == self._dev_token:
+            return Identity("patient", DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+            if alg == "HS256":
+                key: Any = self._secret
+            elif alg in ASYMMETRIC and self._jwks is not None:
+                # PyJWKClient fetches over blocking HTTP (cached after the first time).
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                key = signing_key.key
+            else:
+                raise AuthError(f"token algorithm {str(alg)[:16]!r} is not accepted")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=AUDIENCE,
+                options={"require": ["exp", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError(f"token audience must be {AUDIENCE!r}") from None
+        except jwt.PyJWKClientError:
+            raise AuthError("token signing key not found") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {type(exc).__name__}") from None
+        return identity_from_claims(claims)
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    role = claims.get("role")
+    if role not in ("patient", "clinician"):
+        raise AuthError("token claim role must be 'patient' or 'clinician'")
+    sub = _uuid(claims.get("sub"), "sub")
+    device_id = claims.get("device_id")
+    if device_id is not None and not (isinstance(device_id, str) and 0 < len(device_id) <= 128):
+        raise AuthError("token claim device_id must be a string of 1 to 128 characters")
+    if role == "patient":
+        return Identity("patient", sub, _uuid(claims.get("patient_id"), "patient_id"), device_id)
+    return Identity("clinician", sub, None, device_id)
+
+
+def _uuid(value: object, claim: str) -> UUID:
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise AuthError(f"token claim {claim} must be a UUID")
 
 
 def issue_token(

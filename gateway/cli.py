@@ -13,12 +13,12 @@ from importlib.metadata import PackageNotFoundError, version
 from uuid import UUID
 
 import asyncpg
-import uvicorn
 
 from gateway.app import create_app
 from gateway.auth import issue_token
 from gateway.error_reports import init_error_reports
 from gateway.logs import configure_logging
+from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings, SettingsError, load_settings
 from storage.database import prepare_schema
 from storage.embedded import EmbeddedPostgres, EmbeddedPostgresUnavailable
@@ -136,16 +136,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         with _database(settings) as dsn:
             _prepare(settings, dsn, apply=not args.no_migrate)
             app = create_app(settings, database_url=dsn)
-            config = uvicorn.Config(
-                app,
-                host=args.host or settings.host,
-                port=args.port if args.port is not None else settings.port,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                ws="websockets-sansio",
-            )
-            server = uvicorn.Server(config)
+            host = args.host or settings.host
+            port = args.port if args.port is not None else settings.port
+            server = GatewayServer(uvicorn_config(app, settings, host, port), app)
             server.run()
             return 0 if server.started else EXIT_STARTUP
     except (MigrationError, EmbeddedPostgresUnavailable) as exc:

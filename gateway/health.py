@@ -1,8 +1,8 @@
 """Liveness and readiness.
 
 `/healthz` says the process answers. `/readyz` says this process can do its work now:
-the database answers a query and the fan-out broker answers a ping. Each failing part is
-named so an operator knows where to look.
+it is not draining, the database answers a query and the fan-out broker answers a ping.
+Each failing part is named so an operator knows where to look.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    if request.app.state.runtime.draining:
+        # Shutting down: the load balancer should send new clients elsewhere.
+        return JSONResponse({"status": "draining", "failing": ["draining"]}, status_code=503)
     probes: dict[str, Probe] = request.app.state.readiness_probes
     results = await asyncio.gather(*(_run(name, probe) for name, probe in probes.items()))
     checks = dict(zip(probes, results, strict=True))

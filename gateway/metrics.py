@@ -67,3 +67,22 @@ def _route_template(scope: Scope) -> str:
 
 async def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ---- realtime -------------------------------------------------------------------------
+
+FRAMES_IN = Counter("ws_frames_in_total", "Frames received from clients", ["type"])
+FRAMES_OUT = Counter("ws_frames_out_total", "Frames queued to clients", ["type"])
+ERRORS_SENT = Counter("ws_errors_total", "error frames sent to clients", ["code"])
+CLOSES = Counter("ws_closes_total", "WebSocket closes initiated by the gateway", ["code"])
+QUEUE_FULL_CLOSES = Counter(
+    "ws_queue_full_closes_total", "Sockets closed because their send queue was full"
+)
+FANOUT_LATENCY = Histogram(
+    "fanout_delivery_seconds",
+    "From publish to enqueued on a local socket",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+BROKER_PUBLISH_FAILURES = Counter(
+    "broker_publish_failures_total", "Publishes the broker could not send", ["broker"]
+)

@@ -13,7 +13,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Accepted only with DEBUG=true, so a deployment that forgets SECRET_KEY refuses to start.
 DEV_SECRET_KEY = "painar-development-secret-not-for-production"
@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
+    # Realtime: authentication, limits advertised in session.ready, drain.
+    jwks_url: str | None = None
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    auth_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    max_audio_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
+    frames_per_s: Annotated[float, Field(gt=0)] = 100.0
+    burst: Annotated[int, Field(ge=1)] = 300
+    send_queue_frames: Annotated[int, Field(ge=1)] = 1000
+    send_queue_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    drain_seconds: Annotated[float, Field(ge=0)] = 10.0
     db_pool_min: Annotated[int, Field(ge=1)] = 1
     db_pool_max: Annotated[int, Field(ge=1)] = 10
 
@@ -70,7 +82,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URI")
         return value
 
-    @field_validator("openai_base_url", "sentry_dsn")
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("openai_base_url", "sentry_dsn", "jwks_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if not value:

@@ -19,9 +19,8 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-import asyncpg
-
 from protocol.codes import ErrorCode
+from storage.database import Connection
 
 Entity = Literal["thread", "message"]
 Op = Literal["upsert", "delete"]
@@ -98,7 +97,7 @@ class WriteResult:
 
 
 async def apply_mutations(
-    conn: asyncpg.Connection,
+    conn: Connection,
     patient_id: UUID,
     mutations: Sequence[Mutation],
     *,
@@ -190,7 +189,7 @@ async def apply_mutations(
 
 
 async def _apply_one(
-    conn: asyncpg.Connection, patient_id: UUID, m: Mutation, device_id: str | None
+    conn: Connection, patient_id: UUID, m: Mutation, device_id: str | None
 ) -> dict[str, Any] | None | Rejected:
     """Write one mutation; returns the change's data (the entity's new state, or None
     for a delete), or why it was rejected."""
@@ -208,7 +207,7 @@ async def _apply_one(
 
 
 async def _upsert_thread(
-    conn: asyncpg.Connection, patient_id: UUID, thread_id: UUID, data: ThreadData
+    conn: Connection, patient_id: UUID, thread_id: UUID, data: ThreadData
 ) -> dict[str, Any] | Rejected:
     row = await conn.fetchrow(
         """
@@ -226,9 +225,7 @@ async def _upsert_thread(
     return {"title": row["title"], "created_at": row["created_at"], "updated_at": row["updated_at"]}
 
 
-async def _delete_thread(
-    conn: asyncpg.Connection, patient_id: UUID, thread_id: UUID
-) -> None | Rejected:
+async def _delete_thread(conn: Connection, patient_id: UUID, thread_id: UUID) -> None | Rejected:
     # Deleting a thread deletes its messages and their memories; no separate changes are
     # logged for them, replicas apply the thread's delete to its messages.
     deleted = await conn.fetchval(
@@ -257,9 +254,7 @@ async def _delete_thread(
     return None
 
 
-async def _why_thread_unwritable(
-    conn: asyncpg.Connection, patient_id: UUID, thread_id: UUID
-) -> Rejected:
+async def _why_thread_unwritable(conn: Connection, patient_id: UUID, thread_id: UUID) -> Rejected:
     row = await conn.fetchrow("SELECT patient_id, deleted FROM threads WHERE id = $1", thread_id)
     if row is None:
         return Rejected(ErrorCode.NOT_FOUND, "thread_id: no such thread")
@@ -272,7 +267,7 @@ _MESSAGE_COLUMNS = "thread_id, role, content, svg_path, source, device_id, creat
 
 
 async def _upsert_message(
-    conn: asyncpg.Connection,
+    conn: Connection,
     patient_id: UUID,
     message_id: UUID,
     data: MessageData,
@@ -320,9 +315,7 @@ async def _upsert_message(
     return await _why_thread_unwritable(conn, patient_id, data.thread_id)
 
 
-async def _delete_message(
-    conn: asyncpg.Connection, patient_id: UUID, message_id: UUID
-) -> None | Rejected:
+async def _delete_message(conn: Connection, patient_id: UUID, message_id: UUID) -> None | Rejected:
     deleted = await conn.fetchval(
         """
         WITH gone AS (
@@ -345,13 +338,13 @@ async def _delete_message(
     return None
 
 
-async def current_version(conn: asyncpg.Connection, patient_id: UUID) -> int:
+async def current_version(conn: Connection, patient_id: UUID) -> int:
     version = await conn.fetchval("SELECT sync_version FROM patients WHERE id = $1", patient_id)
     return int(version or 0)
 
 
 async def changes_since(
-    conn: asyncpg.Connection, patient_id: UUID, since: int, limit: int
+    conn: Connection, patient_id: UUID, since: int, limit: int
 ) -> tuple[list[Change], bool]:
     """The patient's changes with version > `since`, oldest first, at most `limit`;
     the flag says whether more follow. One range scan of the change log's key."""

@@ -6,11 +6,14 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 from pgvector.asyncpg import register_vector
 
 from storage.migrations import MigrationError, migrate
 
 Pool = asyncpg.Pool
+# A plain connection or one lent by the pool; storage functions take either.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 def _default(value: object) -> str:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import uvicorn
+from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.runtime import Runtime
+from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings
 
 # Every wait in the suite is bounded by a multiple of this; raise it on slow machines.
@@ -56,19 +60,27 @@ async def eventually(
         raise AssertionError(f"timed out waiting for {what or check}") from None
 
 
+@dataclass
+class Gateway:
+    url: str
+    app: Starlette
+    server: GatewayServer
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/v1/ws"
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+
 @asynccontextmanager
-async def run_gateway(settings: Settings, database_url: str) -> AsyncIterator[str]:
-    """The app under a real uvicorn on an ephemeral port; yields its base URL."""
-    config = uvicorn.Config(
-        create_app(settings, database_url=database_url),
-        host="127.0.0.1",
-        port=0,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        ws="websockets-sansio",
-    )
-    server = uvicorn.Server(config)
+async def serve_gateway(settings: Settings, database_url: str) -> AsyncIterator[Gateway]:
+    """The app under a real uvicorn on an ephemeral port, in this event loop."""
+    app = create_app(settings, database_url=database_url)
+    server = GatewayServer(uvicorn_config(app, settings, "127.0.0.1", 0), app)
     task = asyncio.create_task(server.serve())
 
     async def started() -> bool:
@@ -79,11 +91,18 @@ async def run_gateway(settings: Settings, database_url: str) -> AsyncIterator[st
     await eventually(started, what="uvicorn to start")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Gateway(f"http://127.0.0.1:{port}", app, server)
     finally:
         server.should_exit = True
         async with asyncio.timeout(TIMEOUT_S):
             await task
+
+
+@asynccontextmanager
+async def run_gateway(settings: Settings, database_url: str) -> AsyncIterator[str]:
+    """Like serve_gateway, yielding only the base URL."""
+    async with serve_gateway(settings, database_url) as gateway:
+        yield gateway.url
 
 
 def free_port() -> int:
@@ -91,3 +110,11 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in `text` (fails if absent)."""
+    rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(rendered)}\}} (\S+)$", text, re.M)
+    assert match is not None, f"{name}{{{rendered}}} not in /metrics"
+    return float(match[1])

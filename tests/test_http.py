@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from storage.database import prepare_schema
 from storage.embedded import EmbeddedPostgres
 from tests.conftest import RedisServer
-from tests.support import TIMEOUT_S, eventually, make_settings, run_gateway
+from tests.support import TIMEOUT_S, eventually, make_settings, run_gateway, sample
 
 
 @pytest.fixture
@@ -58,14 +57,6 @@ async def test_metrics_count_requests_by_route_template(gateway: httpx.AsyncClie
     )
     assert "/no/such/path" not in text  # raw paths never become labels
     assert sample(text, "websocket_connections_open", role="patient") == 0
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample in `text` (fails if absent)."""
-    rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(rendered)}\}} (\S+)$", text, re.M)
-    assert match is not None, f"{name}{{{rendered}}} not in /metrics"
-    return float(match[1])
 
 
 async def test_readyz_names_the_database_while_it_is_down(tmp_path: Path) -> None:

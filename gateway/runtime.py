@@ -1,0 +1,46 @@
+"""What the running gateway shares between its routes and sockets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway.auth import Authenticator
+from gateway.hub import Hub
+from gateway.settings import Settings
+from protocol.frames import Limits, Providers
+from storage.database import Pool
+
+if TYPE_CHECKING:
+    from gateway.session import Session
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: Pool
+    hub: Hub
+    authenticator: Authenticator
+    sessions: set[Session] = field(default_factory=set)
+    draining: bool = False
+
+    @property
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            max_frame_bytes=s.max_frame_bytes,
+            max_audio_bytes=s.max_audio_bytes,
+            frames_per_s=s.frames_per_s,
+            burst=s.burst,
+        )
+
+    @property
+    def providers(self) -> Providers:
+        s = self.settings
+        if s.openai_api_key is None and s.openai_base_url is None:
+            return Providers(chat="offline", asr="offline", embeddings="offline")
+        return Providers(
+            chat=f"openai:{s.model_name}",
+            asr=f"openai:{s.transcription_model}",
+            embeddings=f"openai:{s.embedding_model}",
+        )

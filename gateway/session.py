@@ -1,0 +1,253 @@
+"""One WebSocket session: receive loop, send queue, limits, and the one place where
+failures become close codes.
+
+The receive loop decodes each frame, checks it against the rate limit and the sender's
+role, and hands it to its handler. Everything sent goes through a bounded queue (by
+frames and by bytes) drained by the send loop, so a slow socket never blocks a publisher
+or another socket: when its queue is full it is closed with 1013 and its client resumes
+from its last sync version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+
+from starlette.websockets import WebSocket
+
+from gateway.auth import Identity
+from gateway.handlers import HANDLERS
+from gateway.hub import patient_topic
+from gateway.metrics import (
+    CLOSES,
+    ERRORS_SENT,
+    FRAMES_IN,
+    FRAMES_OUT,
+    QUEUE_FULL_CLOSES,
+    WS_CONNECTIONS,
+)
+from gateway.ratelimit import TokenBucket
+from gateway.runtime import Runtime
+from protocol.codec import ProtocolError, decode_audio_frame, decode_client_frame, encode
+from protocol.codes import CloseCode, ErrorCode
+from protocol.frames import (
+    CLINICIAN_ONLY,
+    PATIENT_ONLY,
+    ClientFrame,
+    ServerFrame,
+    SessionReady,
+    SyncVersion,
+)
+from storage.changes import current_version
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_FRAMES = 10  # consecutive undecodable frames before 1008
+CLOSE_FLUSH_S = 5.0  # how long a close may wait for queued frames to go out
+
+
+class Session:
+    def __init__(self, ws: WebSocket, identity: Identity, runtime: Runtime) -> None:
+        self.id = uuid.uuid4()
+        self.ws = ws
+        self.identity = identity
+        self.runtime = runtime
+        self.topic = patient_topic(identity.patient_id) if identity.patient_id else None
+        self._queue: deque[str] = deque()
+        self._queued_bytes = 0
+        self._wake = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._bucket = TokenBucket(runtime.settings.frames_per_s, runtime.settings.burst)
+        self._limited_in_a_row = 0
+        self._bad_in_a_row = 0
+        self.tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
+
+    # ---- sending ----------------------------------------------------------------------
+
+    def deliver(self, text: str) -> None:
+        """Queue one encoded frame (the hub calls this for every fan-out)."""
+        if self._close is not None:
+            return
+        settings = self.runtime.settings
+        if (
+            len(self._queue) >= settings.send_queue_frames
+            or self._queued_bytes + len(text) > settings.send_queue_bytes
+        ):
+            QUEUE_FULL_CLOSES.inc()
+            self._queue.clear()
+            self._queued_bytes = 0
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+            return
+        self._queue.append(text)
+        self._queued_bytes += len(text)
+        self._wake.set()
+
+    def send(self, frame: ServerFrame) -> None:
+        FRAMES_OUT.labels(frame.type).inc()
+        self.deliver(encode(frame).decode())
+
+    def send_error(self, error: ProtocolError) -> None:
+        ERRORS_SENT.labels(error.code.value).inc()
+        self.send(error.frame())
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after what is already queued has gone out (the first close wins)."""
+        if self._close is None:
+            self._close = (code, reason)
+            self._wake.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._close is not None
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                text = self._queue.popleft()
+                self._queued_bytes -= len(text)
+                await self.ws.send_text(text)
+            if self._close is not None:
+                code, reason = self._close
+                CLOSES.labels(str(code)).inc()
+                await self.ws.close(code, reason)
+                return
+
+    # ---- the hub's listener interface ------------------------------------------------
+
+    def broker_recovered(self) -> None:
+        if self.identity.patient_id is not None:
+            self.spawn(self._send_sync_version())
+
+    async def _send_sync_version(self) -> None:
+        assert self.identity.patient_id is not None
+        async with self.runtime.pool.acquire() as conn:
+            version = await current_version(conn, self.identity.patient_id)
+        self.send(SyncVersion(patient_id=self.identity.patient_id, version=version))
+
+    def spawn(self, work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # ---- receiving --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        runtime, identity = self.runtime, self.identity
+        runtime.sessions.add(self)
+        WS_CONNECTIONS.labels(identity.role).inc()
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            await self._ready()
+            if self.topic is not None:
+                await runtime.hub.join(self.topic, self)
+            await self._receive_loop()
+        except Exception:
+            log.exception("session failed")
+            self.close(CloseCode.INTERNAL)
+        finally:
+            if self.topic is not None:
+                await runtime.hub.leave(self.topic, self)
+            runtime.sessions.discard(self)
+            WS_CONNECTIONS.labels(identity.role).dec()
+            await self._finish(sender)
+
+    async def _ready(self) -> None:
+        identity, runtime = self.identity, self.runtime
+        sync_version = None
+        if identity.patient_id is not None:
+            async with runtime.pool.acquire() as conn:
+                sync_version = await current_version(conn, identity.patient_id)
+        self.send(
+            SessionReady(
+                session_id=self.id,
+                role=identity.role,
+                patient_id=identity.patient_id,
+                device_id=identity.device_id,
+                sync_version=sync_version,
+                heartbeat_s=runtime.settings.heartbeat_s,
+                limits=runtime.limits,
+                providers=runtime.providers,
+            )
+        )
+
+    async def _finish(self, sender: asyncio.Task[None]) -> None:
+        self.close(CloseCode.NORMAL)
+        try:
+            async with asyncio.timeout(CLOSE_FLUSH_S):
+                await sender
+        except (TimeoutError, Exception):
+            # The peer is gone or not reading; the heartbeat drops the transport.
+            sender.cancel()
+
+    async def _receive_loop(self) -> None:
+        while not self.closing:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text, data = message.get("text"), message.get("bytes")
+            if not self._bucket.take():
+                self._rate_limited()
+                continue
+            self._limited_in_a_row = 0
+            decoded = (
+                decode_client_frame(text) if text is not None else decode_audio_frame(data or b"")
+            )
+            if isinstance(decoded, ProtocolError):
+                self._bad_frame(decoded)
+                continue
+            self._bad_in_a_row = 0
+            await self._dispatch(decoded)
+
+    def _rate_limited(self) -> None:
+        self._limited_in_a_row += 1
+        if self._limited_in_a_row > self.runtime.settings.burst:
+            self.close(CloseCode.POLICY, "rate limit exceeded")
+            return
+        self.send_error(
+            ProtocolError(ErrorCode.RATE_LIMITED, "too many frames; slow down", retryable=True)
+        )
+
+    def _bad_frame(self, error: ProtocolError) -> None:
+        FRAMES_IN.labels("invalid").inc()
+        self._bad_in_a_row += 1
+        self.send_error(error)
+        if self._bad_in_a_row >= MAX_BAD_FRAMES:
+            self.close(CloseCode.POLICY, "too many bad frames")
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        kind: str = frame.type
+        ref: str | None = getattr(frame, "id", None)
+        FRAMES_IN.labels(kind).inc()
+        role = self.identity.role
+        if kind == "auth":
+            error = ProtocolError(
+                ErrorCode.INVALID, "type: auth is accepted only as the first frame", ref
+            )
+            self.send_error(error)
+            return
+        if (kind in PATIENT_ONLY and role != "patient") or (
+            kind in CLINICIAN_ONLY and role != "clinician"
+        ):
+            self.send_error(
+                ProtocolError(ErrorCode.FORBIDDEN, f"{kind} is not allowed for {role}s", ref)
+            )
+            return
+        handler = HANDLERS.get(kind)
+        if handler is None:
+            self.send_error(
+                ProtocolError(
+                    ErrorCode.UNAVAILABLE, f"{kind} is not available on this gateway yet", ref
+                )
+            )
+            return
+        try:
+            await handler(self, frame)
+        except Exception as exc:
+            log.error("handler for %s failed: %s", kind, type(exc).__name__, exc_info=exc)
+            self.send_error(
+                ProtocolError(ErrorCode.INTERNAL, "internal error", ref, retryable=True)
+            )

@@ -1,0 +1,80 @@
+"""`GET /v1/ws`: the upgrade, the origin check and authentication, then the session.
+
+Authentication failures are answered on the socket (browsers cannot read the status of a
+refused upgrade): accept, send an `unauthenticated` error, close with 4401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+
+from gateway.auth import AuthError, Identity
+from gateway.metrics import CLOSES, ERRORS_SENT
+from gateway.runtime import Runtime
+from gateway.session import Session
+from protocol.codec import ProtocolError, encode
+from protocol.codes import CloseCode, ErrorCode
+
+SUBPROTOCOL = "painar.v1"
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    runtime: Runtime = ws.app.state.runtime
+    if runtime.draining:
+        body = {"error": "draining: reconnect to another gateway process"}
+        await ws.send_denial_response(JSONResponse(body, status_code=503))
+        return
+    origin = ws.headers.get("origin")
+    allowed = runtime.settings.allowed_origins
+    if allowed and origin is not None and origin not in allowed:
+        await ws.send_denial_response(JSONResponse({"error": "origin not allowed"}, 403))
+        return
+    offered = ws.scope.get("subprotocols") or []
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    try:
+        identity = await _authenticate(ws, runtime)
+    except AuthError as exc:
+        await _refuse(ws, str(exc))
+        return
+    if identity is None:
+        return  # the client left before authenticating
+    await Session(ws, identity, runtime).run()
+
+
+async def _authenticate(ws: WebSocket, runtime: Runtime) -> Identity | None:
+    header = ws.headers.get("authorization")
+    if header is not None:
+        scheme, _, bearer = header.partition(" ")
+        if scheme.lower() != "bearer" or not bearer.strip():
+            raise AuthError("Authorization header must be 'Bearer <token>'")
+        return await runtime.authenticator.verify(bearer.strip())
+    try:
+        async with asyncio.timeout(runtime.settings.auth_timeout_s):
+            message = await ws.receive()
+    except TimeoutError:
+        raise AuthError("no auth frame within the time allowed") from None
+    if message["type"] == "websocket.disconnect":
+        return None
+    text = message.get("text")
+    try:
+        frame = orjson.loads(text) if text is not None else None
+    except orjson.JSONDecodeError:
+        frame = None
+    if not isinstance(frame, dict) or frame.get("type") != "auth":
+        raise AuthError("the first frame must be an auth frame (or send an Authorization header)")
+    token: object = frame.get("token")
+    if not isinstance(token, str) or not token:
+        raise AuthError("token: a non-empty string is required")
+    return await runtime.authenticator.verify(token)
+
+
+async def _refuse(ws: WebSocket, message: str) -> None:
+    ERRORS_SENT.labels(ErrorCode.UNAUTHENTICATED.value).inc()
+    CLOSES.labels(str(CloseCode.UNAUTHENTICATED.value)).inc()
+    error = ProtocolError(ErrorCode.UNAUTHENTICATED, message)
+    await ws.send_text(encode(error.frame()).decode())
+    await ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")

@@ -1,0 +1,411 @@
+"""Every frame of protocol version 1 (PROTOCOL.md) as a pydantic model.
+
+Client frames are validated strictly (unknown fields are refused, so a typo in a field
+name is an `invalid` error naming it rather than a silently ignored value). Server frames
+may grow optional fields; old clients ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
+
+PROTOCOL_VERSION = 1
+MAX_ID_CHARS = 128
+MAX_MUTATIONS = 500
+MAX_TEXT_CHARS = 8000
+MAX_SVG_PATH_CHARS = 4096
+MAX_PULL_LIMIT = 1000
+
+FreeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+AudioFormat = Literal["pcm16", "wav", "webm", "ogg", "mp3", "m4a"]
+Role = Literal["patient", "clinician"]
+
+
+class ClientPart(BaseModel):
+    """Anything a client sends: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClientFrame(ClientPart):
+    type: str
+
+
+# ---- client -> server ---------------------------------------------------------------
+
+
+class Auth(ClientFrame):
+    type: Literal["auth"]
+    token: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+class Ping(ClientFrame):
+    type: Literal["ping"]
+    ts: int | float | None = None
+
+
+class ChatSend(ClientFrame):
+    type: Literal["chat.send"]
+    id: FreeId
+    thread_id: UUID
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    client_message_id: FreeId | None = None
+    svg_path: Annotated[str, Field(min_length=1, max_length=MAX_SVG_PATH_CHARS)] | None = None
+
+
+class ChatCancel(ClientFrame):
+    type: Literal["chat.cancel"]
+    id: FreeId
+    response_id: UUID
+
+
+class AudioStart(ClientFrame):
+    type: Literal["audio.start"]
+    id: FreeId
+    stream_id: UUID
+    thread_id: UUID
+    format: AudioFormat
+    sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = None
+    language: Annotated[str, Field(min_length=2, max_length=16)] | None = None
+    respond: bool = True
+
+
+class AudioAppend(ClientFrame):
+    type: Literal["audio.append"]
+    stream_id: UUID
+    seq: Annotated[int, Field(ge=0, lt=2**32)]
+    audio: bytes
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _base64(cls, value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise ValueError("must be a base64 string")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be valid base64") from None
+
+
+class AudioCommit(ClientFrame):
+    type: Literal["audio.commit"]
+    id: FreeId
+    stream_id: UUID
+
+
+class AudioCancel(ClientFrame):
+    type: Literal["audio.cancel"]
+    stream_id: UUID
+
+
+class Mutation(ClientPart):
+    mutation_id: FreeId
+    entity: Literal["thread", "message"]
+    op: Literal["upsert", "delete"]
+    id: UUID
+    # Shape checked per mutation by the sync service (ThreadFields / MessageFields), so
+    # one bad mutation is rejected alone instead of failing the whole push.
+    data: dict[str, Any] | None = None
+
+
+class ThreadFields(ClientPart):
+    title: Annotated[str, Field(max_length=500)] = ""
+
+
+class MessageFields(ClientPart):
+    thread_id: UUID
+    role: Literal["user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS * 4)]
+    svg_path: Annotated[str, Field(max_length=MAX_SVG_PATH_CHARS)] | None = None
+    created_at: datetime | None = None
+
+
+class SyncPush(ClientFrame):
+    type: Literal["sync.push"]
+    id: FreeId
+    mutations: Annotated[list[Mutation], Field(min_length=1, max_length=MAX_MUTATIONS)]
+
+
+class SyncPull(ClientFrame):
+    type: Literal["sync.pull"]
+    id: FreeId
+    since: Annotated[int, Field(ge=0)]
+    patient_id: UUID | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] | None = None
+
+
+class Observe(ClientFrame):
+    type: Literal["observe"]
+    id: FreeId
+    patient_id: UUID
+
+
+class Unobserve(ClientFrame):
+    type: Literal["unobserve"]
+    id: FreeId
+    patient_id: UUID
+
+
+AnyClientFrame = Annotated[
+    Auth
+    | Ping
+    | ChatSend
+    | ChatCancel
+    | AudioStart
+    | AudioAppend
+    | AudioCommit
+    | AudioCancel
+    | SyncPush
+    | SyncPull
+    | Observe
+    | Unobserve,
+    Field(discriminator="type"),
+]
+
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    "auth": Auth,
+    "ping": Ping,
+    "chat.send": ChatSend,
+    "chat.cancel": ChatCancel,
+    "audio.start": AudioStart,
+    "audio.append": AudioAppend,
+    "audio.commit": AudioCommit,
+    "audio.cancel": AudioCancel,
+    "sync.push": SyncPush,
+    "sync.pull": SyncPull,
+    "observe": Observe,
+    "unobserve": Unobserve,
+}
+
+# Which roles may send which frames; `auth` only as the first frame, handled apart.
+PATIENT_ONLY = frozenset(
+    {
+        "chat.send",
+        "chat.cancel",
+        "audio.start",
+        "audio.append",
+        "audio.commit",
+        "audio.cancel",
+        "sync.push",
+    }
+)
+CLINICIAN_ONLY = frozenset({"observe", "unobserve"})
+
+
+# ---- server -> client ---------------------------------------------------------------
+
+
+class ServerPart(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ServerFrame(ServerPart):
+    type: str
+
+
+class Limits(ServerPart):
+    max_frame_bytes: int
+    max_audio_bytes: int
+    frames_per_s: float
+    burst: int
+    max_mutations: int = MAX_MUTATIONS
+    max_text_chars: int = MAX_TEXT_CHARS
+
+
+class Providers(ServerPart):
+    chat: str
+    asr: str
+    embeddings: str
+
+
+class SessionReady(ServerFrame):
+    type: Literal["session.ready"] = "session.ready"
+    session_id: UUID
+    protocol: int = PROTOCOL_VERSION
+    role: Role
+    patient_id: UUID | None = None
+    device_id: str | None = None
+    sync_version: int | None = None
+    heartbeat_s: float
+    limits: Limits
+    providers: Providers
+
+
+class Ack(ServerFrame):
+    type: Literal["ack"] = "ack"
+    ref: str
+
+
+class ErrorBody(ServerPart):
+    code: str
+    message: str
+    ref: str | None = None
+    retryable: bool = False
+
+
+class Error(ServerFrame):
+    type: Literal["error"] = "error"
+    error: ErrorBody
+
+
+class Pong(ServerFrame):
+    type: Literal["pong"] = "pong"
+    ts: int | float | None = None
+
+
+class ChatMessageBody(ServerPart):
+    id: UUID
+    role: Literal["user", "assistant"]
+    content: str
+    svg_path: str | None = None
+    source: Literal["text", "voice", "sync"]
+    created_at: datetime
+    device_id: str | None = None
+
+
+class ChatMessage(ServerFrame):
+    type: Literal["chat.message"] = "chat.message"
+    patient_id: UUID
+    thread_id: UUID
+    message: ChatMessageBody
+
+
+class ChatDelta(ServerFrame):
+    type: Literal["chat.delta"] = "chat.delta"
+    patient_id: UUID
+    thread_id: UUID
+    response_id: UUID
+    seq: int
+    delta: str
+
+
+class Usage(ServerPart):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class ChatDone(ServerFrame):
+    type: Literal["chat.done"] = "chat.done"
+    patient_id: UUID
+    thread_id: UUID
+    response_id: UUID
+    message_id: UUID
+    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    usage: Usage | None = None
+
+
+class AudioTranscript(ServerFrame):
+    type: Literal["audio.transcript"] = "audio.transcript"
+    patient_id: UUID
+    thread_id: UUID
+    stream_id: UUID
+    text: str
+    duration_ms: int | None = None
+    language: str | None = None
+
+
+class RejectedMutation(ServerPart):
+    mutation_id: str
+    code: str
+    message: str
+
+
+class SyncAck(ServerFrame):
+    type: Literal["sync.ack"] = "sync.ack"
+    ref: str
+    version: int
+    applied: list[str]
+    duplicates: list[str]
+    rejected: list[RejectedMutation]
+
+
+class Change(ServerPart):
+    version: int
+    entity: Literal["thread", "message"]
+    op: Literal["upsert", "delete"]
+    id: UUID
+    data: dict[str, Any] | None
+    device_id: str | None = None
+    mutation_id: str | None = None
+    at: datetime
+
+    @model_serializer(mode="wrap")
+    def _data_always_present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # `data` is null for deletes, and says so rather than going missing.
+        out: dict[str, Any] = handler(self)
+        out.setdefault("data", None)
+        return out
+
+
+class SyncDelta(ServerFrame):
+    type: Literal["sync.delta"] = "sync.delta"
+    patient_id: UUID
+    version: int
+    changes: list[Change]
+
+
+class SyncChanges(ServerFrame):
+    type: Literal["sync.changes"] = "sync.changes"
+    ref: str
+    patient_id: UUID
+    since: int
+    version: int
+    changes: list[Change]
+    has_more: bool
+
+
+class SyncVersion(ServerFrame):
+    type: Literal["sync.version"] = "sync.version"
+    patient_id: UUID
+    version: int
+
+
+class Observer(ServerPart):
+    clinician_id: UUID
+    since: datetime
+
+
+class Presence(ServerFrame):
+    type: Literal["presence"] = "presence"
+    patient_id: UUID
+    devices: list[str]
+    observers: list[Observer]
+
+
+class Reconnect(ServerFrame):
+    type: Literal["reconnect"] = "reconnect"
+    reason: str
+    after_ms: int
+
+
+AnyServerFrame = Annotated[
+    SessionReady
+    | Ack
+    | Error
+    | Pong
+    | ChatMessage
+    | ChatDelta
+    | ChatDone
+    | AudioTranscript
+    | SyncAck
+    | SyncDelta
+    | SyncChanges
+    | SyncVersion
+    | Presence
+    | Reconnect,
+    Field(discriminator="type"),
+]

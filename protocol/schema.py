@@ -1,0 +1,23 @@
+"""JSON Schema of every frame, for client developers (`painar-gateway schema`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from protocol.frames import PROTOCOL_VERSION, AnyClientFrame, AnyServerFrame
+
+
+def protocol_schema() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"PainAR wire protocol, version {PROTOCOL_VERSION}",
+        "description": (
+            "Text frames are JSON objects with a `type`. `client` lists what clients send, "
+            "`server` what the gateway sends. Binary frames carry audio: 16 bytes stream_id "
+            "(UUID), 4 bytes seq (unsigned 32-bit big-endian), then the audio bytes."
+        ),
+        "client": TypeAdapter(AnyClientFrame).json_schema(),
+        "server": TypeAdapter(AnyServerFrame).json_schema(mode="serialization"),
+    }

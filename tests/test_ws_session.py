@@ -1,0 +1,260 @@
+"""The WebSocket session under real uvicorn with real clients: auth, frames, limits."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from gateway.auth import AUDIENCE, DEV_PATIENT_ID
+from protocol.codec import encode_audio_frame
+from tests.support import (
+    TEST_SECRET,
+    TIMEOUT_S,
+    Gateway,
+    eventually,
+    make_settings,
+    sample,
+    serve_gateway,
+)
+from tests.wsclient import (
+    clinician_token,
+    expect_close,
+    open_socket,
+    patient_token,
+    recv,
+    send,
+    session,
+)
+
+
+@pytest.fixture
+async def gateway(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    async with serve_gateway(make_settings(**overrides), database_url) as gw:
+        yield gw
+
+
+def settings_for(**overrides: Any) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("gateway", [overrides], indirect=True)
+
+
+async def test_session_ready_after_header_auth(gateway: Gateway) -> None:
+    patient = uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "headset-7")) as (ws, ready):
+        assert ready["protocol"] == 1
+        assert ready["role"] == "patient"
+        assert ready["patient_id"] == str(patient)
+        assert ready["device_id"] == "headset-7"
+        assert ready["sync_version"] == 0
+        assert ready["heartbeat_s"] == 20
+        assert ready["limits"]["frames_per_s"] == 100 and ready["limits"]["burst"] == 300
+        assert ready["limits"]["max_frame_bytes"] == 256 * 1024
+        assert ready["providers"] == {"chat": "offline", "asr": "offline", "embeddings": "offline"}
+        uuid.UUID(ready["session_id"])
+        assert ws.subprotocol is None
+
+
+async def test_session_ready_after_an_auth_frame_with_the_subprotocol(gateway: Gateway) -> None:
+    async with open_socket(gateway.ws_url, subprotocols=["painar.v1"]) as ws:
+        assert ws.subprotocol == "painar.v1"
+        await send(ws, {"type": "auth", "token": clinician_token()})
+        ready = await recv(ws)
+        assert ready["type"] == "session.ready" and ready["role"] == "clinician"
+        assert "patient_id" not in ready and "sync_version" not in ready
+
+
+def hs256(claims: dict[str, Any], secret: str = TEST_SECRET) -> str:
+    sub = str(uuid.uuid4())
+    base: dict[str, Any] = {"sub": sub, "patient_id": sub, "role": "patient", "aud": AUDIENCE}
+    base["exp"] = int(time.time()) + 60
+    return jwt.encode({**base, **claims}, secret, algorithm="HS256")
+
+
+def unsigned() -> str:
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    sub = str(uuid.uuid4())
+    claims = {"sub": sub, "role": "patient", "patient_id": sub, "aud": AUDIENCE}
+    body = orjson.dumps({**claims, "exp": int(time.time()) + 60})
+    payload = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+    return f"{header}.{payload}."
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (lambda: hs256({}, secret="another-secret-that-is-32-characters-long"), "invalid token"),
+        (lambda: hs256({"exp": int(time.time()) - 10}), "expired"),
+        (lambda: hs256({"aud": "someone-else"}), "audience"),
+        (unsigned, "algorithm 'none'"),
+        (lambda: "dev-token", "invalid token"),  # DEBUG is false
+        (lambda: "not.a.jwt", "invalid token"),
+        (lambda: hs256({"role": "admin"}), "role"),
+        (lambda: hs256({"patient_id": "nope"}), "patient_id"),
+    ],
+    ids=["bad-signature", "expired", "audience", "alg-none", "dev-token", "garbage", "role", "pid"],
+)
+async def test_refused_tokens_get_an_error_then_4401(
+    gateway: Gateway, token: Any, reason: str
+) -> None:
+    async with open_socket(gateway.ws_url, token()) as ws:
+        error = await recv(ws)
+        assert error["type"] == "error"
+        assert error["error"]["code"] == "unauthenticated"
+        assert reason in error["error"]["message"]
+        assert await expect_close(ws) == 4401
+
+
+async def test_a_missing_token_is_refused(gateway: Gateway) -> None:
+    async with open_socket(gateway.ws_url) as ws:
+        await send(ws, {"type": "ping"})
+        error = await recv(ws)
+        assert error["error"]["code"] == "unauthenticated"
+        assert "first frame must be an auth frame" in error["error"]["message"]
+        assert await expect_close(ws) == 4401
+
+
+@settings_for(auth_timeout_s=0.3)
+async def test_no_auth_frame_in_time_is_refused(gateway: Gateway) -> None:
+    async with open_socket(gateway.ws_url) as ws:
+        error = await recv(ws)
+        assert error["error"]["code"] == "unauthenticated"
+        assert "time allowed" in error["error"]["message"]
+        assert await expect_close(ws) == 4401
+
+
+@settings_for(debug=True)
+async def test_the_dev_token_is_a_fixed_patient_when_debugging(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, "dev-token") as (_, ready):
+        assert ready["patient_id"] == str(DEV_PATIENT_ID)
+
+
+async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, patient_token()) as (ws, _):
+        await send(ws, {"type": "ping", "ts": 1732572000123})
+        assert await recv(ws) == {"type": "pong", "ts": 1732572000123}
+        await send(ws, {"type": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "message", "ref"),
+    [
+        ("{not json", "bad_frame", "not valid JSON", None),
+        ("[1, 2]", "bad_frame", "not a JSON object", None),
+        ('{"id": "f1"}', "invalid", "type:", "f1"),
+        ('{"type": "teleport", "id": "f2"}', "unknown_type", "teleport", "f2"),
+        ('{"type": "ping", "colour": "red"}', "invalid", "colour:", None),
+        (
+            '{"type": "chat.send", "id": "f3", "thread_id": "nope", "text": "hi"}',
+            "invalid",
+            "thread_id:",
+            "f3",
+        ),
+        ('{"type": "sync.pull", "id": "f4", "since": -1}', "invalid", "since:", "f4"),
+        (b"\x00\x01", "bad_frame", "20-byte header", None),
+        ('{"type": "auth", "token": "x"}', "invalid", "only as the first frame", None),
+        (
+            '{"type": "observe", "id": "f5", "patient_id": "' + str(uuid.UUID(int=5)) + '"}',
+            "forbidden",
+            "observe",
+            "f5",
+        ),
+        ('{"type": "sync.pull", "id": "f6", "since": 0}', "unavailable", "sync.pull", "f6"),
+    ],
+)
+async def test_bad_input_gets_an_error_naming_it_and_the_socket_stays_usable(
+    gateway: Gateway, frame: str | bytes, code: str, message: str, ref: str | None
+) -> None:
+    async with session(gateway.ws_url, patient_token()) as (ws, _):
+        await ws.send(frame)
+        error = (await recv(ws))["error"]
+        assert error["code"] == code
+        assert message in error["message"]
+        assert error.get("ref") == ref
+        await send(ws, {"type": "ping", "ts": 1})
+        assert await recv(ws) == {"type": "pong", "ts": 1}
+
+
+async def test_patient_frames_are_forbidden_to_clinicians(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, clinician_token()) as (ws, _):
+        await send(
+            ws, {"type": "chat.send", "id": "c1", "thread_id": str(uuid.uuid4()), "text": "hi"}
+        )
+        error = (await recv(ws))["error"]
+        assert (error["code"], error["ref"]) == ("forbidden", "c1")
+        stream = uuid.uuid4()
+        await ws.send(encode_audio_frame(stream, 0, b"\x00\x00"))
+        assert (await recv(ws))["error"]["code"] == "forbidden"
+
+
+async def test_ten_bad_frames_in_a_row_close_with_1008(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, patient_token()) as (ws, _):
+        for _ in range(9):
+            await ws.send("nonsense")
+            assert (await recv(ws))["error"]["code"] == "bad_frame"
+        await send(ws, {"type": "ping"})  # a good frame resets the count
+        assert (await recv(ws))["type"] == "pong"
+        for _ in range(10):
+            await ws.send("nonsense")
+        assert await expect_close(ws) == 1008
+
+
+@settings_for(max_frame_bytes=2048)
+async def test_an_oversize_frame_closes_with_1009(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, patient_token()) as (ws, ready):
+        assert ready["limits"]["max_frame_bytes"] == 2048
+        await send(ws, {"type": "ping", "ts": 1})
+        assert (await recv(ws))["type"] == "pong"
+        await ws.send("x" * 4096)
+        assert await expect_close(ws) == 1009
+
+
+@settings_for(frames_per_s=0.5, burst=5)
+async def test_the_rate_limit_answers_rate_limited_then_closes_with_1008(
+    gateway: Gateway,
+) -> None:
+    async with session(gateway.ws_url, patient_token()) as (ws, _):
+        for i in range(5):
+            await send(ws, {"type": "ping", "ts": i})
+        for i in range(5):
+            assert await recv(ws) == {"type": "pong", "ts": i}
+        await send(ws, {"type": "ping"})
+        error = (await recv(ws))["error"]
+        assert error["code"] == "rate_limited" and error["retryable"] is True
+        for _ in range(10):
+            await send(ws, {"type": "ping"})
+        assert await expect_close(ws) == 1008
+
+
+@settings_for(allowed_origins=["https://app.painar.example"])
+async def test_origins_outside_allowed_origins_are_refused(gateway: Gateway) -> None:
+    token = patient_token()
+    with pytest.raises(InvalidStatus) as refused:
+        async with open_socket(gateway.ws_url, token, origin="https://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+    async with session(gateway.ws_url, token, origin="https://app.painar.example") as (_, r):
+        assert r["type"] == "session.ready"
+    async with session(gateway.ws_url, token) as (_, r):  # headsets send no Origin
+        assert r["type"] == "session.ready"
+
+
+async def test_the_open_socket_gauge_counts_by_role(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
+
+        async def open_patients(n: int) -> bool:
+            text = (await http.get("/metrics")).text
+            return sample(text, "websocket_connections_open", role="patient") == n
+
+        async with session(gateway.ws_url, patient_token()):
+            assert await open_patients(1)
+        await eventually(lambda: open_patients(0), what="the gauge to drop")
