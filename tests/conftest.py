@@ -161,3 +161,42 @@ async def redis_server() -> AsyncIterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def threaded_gateway(postgres_dsn: str, template_database: str) -> Iterator[str]:
+    """A gateway under real uvicorn in a thread with its own event loop, for tests that
+    drive it from synchronous code (hypothesis). Yields the WebSocket URL."""
+    import threading
+
+    from gateway.app import create_app
+    from gateway.server import GatewayServer, uvicorn_config
+    from tests.support import make_settings
+
+    name = "t_" + secrets.token_hex(6)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    settings = make_settings()
+    app = create_app(settings, database_url=with_database(postgres_dsn, name))
+    server = GatewayServer(uvicorn_config(app, settings, "127.0.0.1", 0), app)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = TIMEOUT_S
+    while not server.started and thread.is_alive() and deadline > 0:
+        thread.join(0.05)
+        deadline -= 0.05
+    assert server.started, "threaded gateway did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}/v1/ws"
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT_S)
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -115,6 +115,7 @@ def free_port() -> int:
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one Prometheus sample in `text` (fails if absent)."""
     rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(rendered)}\}} (\S+)$", text, re.M)
-    assert match is not None, f"{name}{{{rendered}}} not in /metrics"
+    series = f"{name}{{{rendered}}}" if labels else name
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    assert match is not None, f"{series} not in /metrics"
     return float(match[1])

@@ -1,0 +1,105 @@
+"""Fan-out in one process (memory broker): delivery, isolation, order, slow consumers,
+presence of the drain."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from gateway.hub import patient_topic
+from protocol.frames import ChatDelta
+from tests.support import TIMEOUT_S, Gateway, make_settings, sample, serve_gateway
+from tests.wsclient import expect_close, expect_silence, open_socket, patient_token, recv, session
+
+
+@pytest.fixture
+async def gateway(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    async with serve_gateway(make_settings(**overrides), database_url) as gw:
+        yield gw
+
+
+def delta(patient: uuid.UUID, seq: int, text: str = "word ") -> ChatDelta:
+    return ChatDelta(
+        patient_id=patient,
+        thread_id=uuid.UUID(int=1),
+        response_id=uuid.UUID(int=2),
+        seq=seq,
+        delta=text,
+    )
+
+
+async def test_a_patients_frames_reach_all_their_sockets_in_order_and_no_one_else(
+    gateway: Gateway,
+) -> None:
+    patient, other = uuid.uuid4(), uuid.uuid4()
+    async with (
+        session(gateway.ws_url, patient_token(patient, "headset")) as (headset, _),
+        session(gateway.ws_url, patient_token(patient, "phone")) as (phone, _),
+        session(gateway.ws_url, patient_token(other, "phone")) as (stranger, _),
+    ):
+        for seq in range(50):
+            await gateway.runtime.hub.publish(patient_topic(patient), delta(patient, seq))
+        for ws in (headset, phone):
+            seqs = [(await recv(ws))["seq"] for _ in range(50)]
+            assert seqs == list(range(50))
+            await expect_silence(ws)  # exactly once: nothing more follows
+        await expect_silence(stranger)
+
+
+@pytest.mark.parametrize("gateway", [{"send_queue_frames": 64}], indirect=True)
+async def test_a_socket_that_stops_reading_is_closed_1013_and_others_keep_up(
+    gateway: Gateway,
+) -> None:
+    patient = uuid.uuid4()
+    big = "x" * 60_000
+    # max_queue=1: the client stops taking frames off the wire once one is waiting.
+    async with (
+        session(gateway.ws_url, patient_token(patient, "slow"), max_queue=1) as (slow, _),
+        session(gateway.ws_url, patient_token(patient, "fast")) as (fast, _),
+    ):
+        received = 0
+
+        async def read_fast() -> None:
+            nonlocal received
+            while received < 400:
+                await recv(fast)
+                received += 1
+
+        reader = asyncio.create_task(read_fast())
+        for seq in range(400):
+            await gateway.runtime.hub.publish(patient_topic(patient), delta(patient, seq, big))
+            await asyncio.sleep(0)  # let the sockets' send loops run between publishes
+        async with asyncio.timeout(TIMEOUT_S):
+            await reader
+        assert received == 400
+        assert await expect_close(slow) == 1013
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        assert sample((await http.get("/metrics")).text, "ws_queue_full_closes_total") >= 1
+
+
+async def test_drain_sends_reconnect_then_closes_1012(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, patient_token()) as (ws, _):
+        gateway.server.handle_exit(15, None)  # what SIGTERM does
+        frame = await recv(ws)
+        assert frame["type"] == "reconnect"
+        assert frame["reason"] == "server_restart" and 0 <= frame["after_ms"] < 2000
+        assert await expect_close(ws) == 1012
+
+
+async def test_while_draining_new_sockets_and_readiness_get_503(gateway: Gateway) -> None:
+    gateway.runtime.draining = True  # the drain's first step
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
+        response = await http.get("/readyz")
+        assert response.status_code == 503 and response.json()["status"] == "draining"
+        assert (await http.get("/healthz")).status_code == 200
+    with pytest.raises(InvalidStatus) as refused:
+        async with open_socket(gateway.ws_url, patient_token()):
+            pass
+    assert refused.value.response.status_code == 503
