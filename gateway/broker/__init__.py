@@ -10,6 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+
+class BrokerUnavailable(Exception):
+    """A publish could not be handed to the broker (it is down or unreachable)."""
+
+
 # Called with (topic, message) for every message on a subscribed topic, in order.
 MessageHandler = Callable[[str, bytes], None]
 # Called after the link to the broker was lost and is back: messages may have been missed.
@@ -25,7 +30,7 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
     async def publish(self, topic: str, message: bytes) -> None:
-        """Send `message` to every subscriber of `topic`. Raises if it could not be sent."""
+        """Send `message` to every subscriber of `topic`; BrokerUnavailable if it cannot."""
 
     async def subscribe(self, topic: str) -> None:
         """Deliver `topic`'s messages from now on (idempotent)."""

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.broker import MessageHandler, RecoveryHandler
+from gateway.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
 from gateway.metrics import BROKER_PUBLISH_FAILURES
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             BROKER_PUBLISH_FAILURES.labels(self.name).inc()
             log.warning("redis publish failed: %s", type(exc).__name__)
-            raise
+            raise BrokerUnavailable("redis") from exc
 
     async def subscribe(self, topic: str) -> None:
         self._topics.add(topic)

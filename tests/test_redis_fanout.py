@@ -1,0 +1,129 @@
+"""Fan-out across gateway processes through a real Redis, and recovery after Redis restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.broker import BrokerUnavailable
+from gateway.broker.redis import RedisBroker
+from gateway.hub import envelope, patient_topic
+from protocol.codec import encode
+from protocol.frames import ChatDelta
+from tests.conftest import RedisServer
+from tests.support import (
+    TEST_SECRET,
+    TIMEOUT_S,
+    eventually,
+    free_port,
+    make_settings,
+    serve_gateway,
+)
+from tests.test_cli import gateway_env
+from tests.wsclient import expect_silence, patient_token, recv, session
+
+
+def delta(patient: uuid.UUID, seq: int) -> ChatDelta:
+    ids = uuid.UUID(int=1)
+    return ChatDelta(patient_id=patient, thread_id=ids, response_id=ids, seq=seq, delta="w ")
+
+
+@pytest.fixture
+async def second_process(
+    database_url: str, redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[str]:
+    """Another gateway process on the same database and Redis; yields its WebSocket URL."""
+    port = free_port()
+    log = (tmp_path / "gateway-b.log").open("wb")
+    env = gateway_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_server.url,
+        SECRET_KEY=TEST_SECRET,
+        PORT=str(port),
+        HOST="127.0.0.1",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--no-migrate", env=env, stdout=log, stderr=log
+    )
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+
+            async def ready() -> bool:
+                try:
+                    return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, timeout=TIMEOUT_S * 3, what="the second gateway process")
+        yield f"ws://127.0.0.1:{port}/v1/ws"
+    finally:
+        process.terminate()
+        async with asyncio.timeout(TIMEOUT_S * 2):
+            await process.wait()
+        log.close()
+
+
+async def test_frames_reach_every_socket_of_the_patient_on_both_processes_once_in_order(
+    database_url: str, redis_server: RedisServer, second_process: str
+) -> None:
+    patient, other = uuid.uuid4(), uuid.uuid4()
+    settings = make_settings(redis_url=redis_server.url)
+    async with serve_gateway(settings, database_url) as first:
+        async with (
+            session(first.ws_url, patient_token(patient, "a1")) as (a1, _),
+            session(first.ws_url, patient_token(patient, "a2")) as (a2, _),
+            session(second_process, patient_token(patient, "b1")) as (b1, _),
+            session(second_process, patient_token(patient, "b2")) as (b2, _),
+            session(second_process, patient_token(other, "b3")) as (stranger, _),
+        ):
+            # Published by the first process's hub...
+            for seq in range(30):
+                await first.runtime.hub.publish(patient_topic(patient), delta(patient, seq))
+            # ...and by another publisher on the same Redis, as the second process's hub does.
+            publisher = RedisBroker(redis_server.url)
+            try:
+                for seq in range(30, 60):
+                    frame = delta(patient, seq)
+                    await publisher.publish(
+                        patient_topic(patient), envelope(frame.type, encode(frame))
+                    )
+            finally:
+                await publisher.close()
+            for ws in (a1, a2, b1, b2):
+                assert [(await recv(ws))["seq"] for _ in range(60)] == list(range(60))
+                await expect_silence(ws)
+            await expect_silence(stranger)
+
+
+async def test_delivery_resumes_after_redis_restarts(
+    database_url: str, redis_server: RedisServer
+) -> None:
+    patient = uuid.uuid4()
+    settings = make_settings(redis_url=redis_server.url)
+    async with serve_gateway(settings, database_url) as gateway:
+        async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
+            topic = patient_topic(patient)
+            await gateway.runtime.hub.publish(topic, delta(patient, 0))
+            assert (await recv(ws))["seq"] == 0
+
+            redis_server.stop()
+            with pytest.raises(BrokerUnavailable):
+                await gateway.runtime.hub.publish(topic, delta(patient, 1))
+            redis_server.start()
+            await redis_server.wait_ready()
+
+            # The link came back: the socket is told the latest version, to pull if behind.
+            notice = await recv(ws, timeout=TIMEOUT_S)
+            assert notice == {
+                "type": "sync.version",
+                "patient_id": str(patient),
+                "version": ready["sync_version"],
+            }
+            await gateway.runtime.hub.publish(topic, delta(patient, 2))
+            assert (await recv(ws))["seq"] == 2
