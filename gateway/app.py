@@ -16,6 +16,7 @@ from gateway.broker.redis import RedisBroker
 from gateway.health import Probe, healthz, readyz
 from gateway.hub import Hub
 from gateway.metrics import HttpMetricsMiddleware, metrics_endpoint
+from gateway.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.ws import websocket_endpoint
@@ -33,10 +34,16 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
         broker: Broker = RedisBroker(settings.redis_url) if settings.redis_url else MemoryBroker()
         hub = Hub(broker)
         await hub.start()
+        presence = PresenceService(
+            RedisPresenceStore(settings.redis_url) if settings.redis_url else MemoryPresenceStore(),
+            hub,
+        )
+        presence.start()
         runtime = Runtime(
             settings=settings,
             pool=pool,
             hub=hub,
+            presence=presence,
             authenticator=Authenticator(
                 settings.secret_key.get_secret_value(),
                 jwks_url=settings.jwks_url,
@@ -53,6 +60,7 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
         try:
             yield
         finally:
+            await presence.close()
             await hub.close()
             await pool.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -20,6 +21,7 @@ from gateway.error_reports import init_error_reports
 from gateway.logs import configure_logging
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings, SettingsError, load_settings
+from protocol.schema import protocol_schema
 from storage.database import prepare_schema
 from storage.embedded import EmbeddedPostgres, EmbeddedPostgresUnavailable
 from storage.migrations import MigrationError
@@ -36,6 +38,9 @@ class Terminated(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "schema":  # needs no settings
+        print(json.dumps(protocol_schema(), indent=2))
+        return 0
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -63,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-migrate", action="store_true", help="do not apply pending migrations at start-up"
     )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    commands.add_parser("schema", help="print the JSON Schema of every protocol frame")
     token = commands.add_parser("token", help="print a signed JWT for local use")
     token.add_argument("--role", choices=["patient", "clinician"], required=True)
     token.add_argument("--sub", type=UUID, required=True, help="subject (UUID)")

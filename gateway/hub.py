@@ -12,6 +12,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Callable
 from typing import Protocol
 from uuid import UUID
 
@@ -47,6 +48,8 @@ class Hub:
         self.broker = broker
         self._topics: dict[str, set[Listener]] = {}
         self._subscribing: dict[str, asyncio.Task[None]] = {}
+        # Signals travel like frames but are handled by the process, not sent to sockets.
+        self.signal_handlers: dict[str, Callable[[str], None]] = {}
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._recovered)
@@ -81,17 +84,29 @@ class Hub:
     async def publish(self, topic: str, frame: ServerFrame) -> None:
         await self.broker.publish(topic, envelope(frame.type, encode(frame)))
 
+    async def signal(self, topic: str, name: str) -> None:
+        await self.broker.publish(topic, envelope(name, b""))
+
     def _deliver(self, topic: str, message: bytes) -> None:
-        listeners = self._topics.get(topic)
-        if not listeners:
+        if topic not in self._topics:
             return
         published_at, kind_length = _HEADER.unpack_from(message)
         start = _HEADER.size
         frame_type = message[start : start + kind_length].decode()
-        text = message[start + kind_length :].decode()
+        handler = self.signal_handlers.get(frame_type)
+        if handler is not None:
+            handler(topic)
+            return
+        self.deliver_local(topic, frame_type, message[start + kind_length :].decode())
+        FANOUT_LATENCY.observe(max(0.0, time.time() - published_at))
+
+    def deliver_local(self, topic: str, frame_type: str, text: str) -> None:
+        """Hand an encoded frame to this process's listeners of `topic` only."""
+        listeners = self._topics.get(topic)
+        if not listeners:
+            return
         for listener in tuple(listeners):
             listener.deliver(text)
-        FANOUT_LATENCY.observe(max(0.0, time.time() - published_at))
         FRAMES_OUT.labels(frame_type).inc(len(listeners))
 
     def _recovered(self) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from gateway.auth import Authenticator
 from gateway.hub import Hub
+from gateway.presence import PresenceService
 from gateway.settings import Settings
 from protocol.frames import Limits, Providers
 from storage.database import Pool
@@ -20,6 +21,7 @@ class Runtime:
     settings: Settings
     pool: Pool
     hub: Hub
+    presence: PresenceService
     authenticator: Authenticator
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False

@@ -28,6 +28,7 @@ from gateway.metrics import (
     QUEUE_FULL_CLOSES,
     WS_CONNECTIONS,
 )
+from gateway.presence import device_member
 from gateway.ratelimit import TokenBucket
 from gateway.runtime import Runtime
 from protocol.codec import ProtocolError, decode_audio_frame, decode_client_frame, encode
@@ -142,14 +143,17 @@ class Session:
         sender = asyncio.create_task(self._send_loop())
         try:
             await self._ready()
-            if self.topic is not None:
+            if self.topic is not None and identity.patient_id is not None:
                 await runtime.hub.join(self.topic, self)
+                member = device_member(self.id, identity.device_id)
+                await runtime.presence.joined(identity.patient_id, member)
             await self._receive_loop()
         except Exception:
             log.exception("session failed")
             self.close(CloseCode.INTERNAL)
         finally:
-            if self.topic is not None:
+            if self.topic is not None and identity.patient_id is not None:
+                await runtime.presence.left(identity.patient_id, str(self.id))
                 await runtime.hub.leave(self.topic, self)
             runtime.sessions.discard(self)
             WS_CONNECTIONS.labels(identity.role).dec()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -261,3 +262,12 @@ async def test_serve_on_embedded_defaults_stops_cleanly_and_keeps_its_data(
     finally:
         await stop_with(process, signal.SIGINT)
     assert not (pgdata / "postmaster.pid").exists()
+
+
+def test_schema_prints_the_json_schema_of_every_frame(tmp_path: Path) -> None:
+    result = run_cli("schema", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "PainAR wire protocol, version 1"
+    assert set(schema) >= {"client", "server"}
+    assert "chat.send" in result.stdout and "session.ready" in result.stdout

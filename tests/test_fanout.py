@@ -15,7 +15,15 @@ from websockets.exceptions import InvalidStatus
 from gateway.hub import patient_topic
 from protocol.frames import ChatDelta
 from tests.support import TIMEOUT_S, Gateway, make_settings, sample, serve_gateway
-from tests.wsclient import expect_close, expect_silence, open_socket, patient_token, recv, session
+from tests.wsclient import (
+    expect_close,
+    expect_presence,
+    expect_silence,
+    open_socket,
+    patient_token,
+    recv,
+    session,
+)
 
 
 @pytest.fixture
@@ -103,3 +111,22 @@ async def test_while_draining_new_sockets_and_readiness_get_503(gateway: Gateway
         async with open_socket(gateway.ws_url, patient_token()):
             pass
     assert refused.value.response.status_code == 503
+
+
+async def test_presence_lists_the_patients_devices_as_they_come_and_go(gateway: Gateway) -> None:
+    patient = uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "phone")) as (phone, _):
+        first = await expect_presence(phone, ["phone"])
+        assert first == {
+            "type": "presence",
+            "patient_id": str(patient),
+            "devices": ["phone"],
+            "observers": [],
+        }
+        async with session(gateway.ws_url, patient_token(patient, "headset")) as (headset, _):
+            await expect_presence(phone, ["headset", "phone"])
+            await expect_presence(headset, ["headset", "phone"])
+        await expect_presence(phone, ["phone"])
+    async with session(gateway.ws_url, patient_token(uuid.uuid4(), "tablet")) as (other, _):
+        frame = await expect_presence(other, ["tablet"])  # another patient's devices stay apart
+        assert frame["devices"] == ["tablet"]

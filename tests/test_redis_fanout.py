@@ -26,7 +26,7 @@ from tests.support import (
     serve_gateway,
 )
 from tests.test_cli import gateway_env
-from tests.wsclient import expect_silence, patient_token, recv, session
+from tests.wsclient import expect_presence, expect_silence, patient_token, recv, session
 
 
 def delta(patient: uuid.UUID, seq: int) -> ChatDelta:
@@ -127,3 +127,17 @@ async def test_delivery_resumes_after_redis_restarts(
             }
             await gateway.runtime.hub.publish(topic, delta(patient, 2))
             assert (await recv(ws))["seq"] == 2
+
+
+async def test_presence_spans_gateway_processes(
+    database_url: str, redis_server: RedisServer, second_process: str
+) -> None:
+    patient = uuid.uuid4()
+    settings = make_settings(redis_url=redis_server.url)
+    async with serve_gateway(settings, database_url) as first:
+        async with session(first.ws_url, patient_token(patient, "headset")) as (headset, _):
+            await expect_presence(headset, ["headset"])
+            async with session(second_process, patient_token(patient, "phone")) as (phone, _):
+                await expect_presence(headset, ["headset", "phone"])
+                await expect_presence(phone, ["headset", "phone"])
+            await expect_presence(headset, ["headset"])

@@ -49,12 +49,16 @@ async def session(
         yield ws, ready
 
 
-async def recv(ws: ClientConnection, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+async def recv(
+    ws: ClientConnection, timeout: float = TIMEOUT_S, skip: tuple[str, ...] = ("presence",)
+) -> dict[str, Any]:
+    """The next frame, passing over `skip` types (presence comes and goes on its own)."""
     async with asyncio.timeout(timeout):
-        message = await ws.recv()
-    frame = orjson.loads(message)
-    assert isinstance(frame, dict)
-    return frame
+        while True:
+            frame = orjson.loads(await ws.recv())
+            assert isinstance(frame, dict)
+            if frame.get("type") not in skip:
+                return frame
 
 
 async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:
@@ -73,11 +77,23 @@ async def expect_close(ws: ClientConnection, timeout: float = TIMEOUT_S) -> int:
     raise AssertionError("unreachable")
 
 
-async def expect_silence(ws: ClientConnection, seconds: float = 0.3) -> None:
-    """Nothing arrives within `seconds` (the way to show non-delivery)."""
+async def expect_silence(
+    ws: ClientConnection, seconds: float = 0.3, skip: tuple[str, ...] = ("presence",)
+) -> None:
+    """Nothing but `skip` types arrives within `seconds` (the way to show non-delivery)."""
     try:
-        async with asyncio.timeout(seconds):
-            message = await ws.recv()
+        frame = await recv(ws, timeout=seconds, skip=skip)
     except TimeoutError:
         return
-    raise AssertionError(f"expected nothing, got {message!r}")
+    raise AssertionError(f"expected nothing, got {frame!r}")
+
+
+async def expect_presence(
+    ws: ClientConnection, devices: list[str], timeout: float = TIMEOUT_S
+) -> dict[str, Any]:
+    """Read until a presence frame lists exactly `devices` (other frames are passed over)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await recv(ws, skip=())
+            if frame["type"] == "presence" and frame["devices"] == devices:
+                return frame
