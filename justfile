@@ -55,8 +55,9 @@ bench name="": install
     #!/usr/bin/env bash
     set -euo pipefail
     for script in bench/*.py; do
-        case "$script" in */_*) continue ;; esac
-        if [ -z "{{name}}" ] || [ "$script" = "bench/{{name}}.py" ]; then
-            {{bin}}/python "$script"
+        module=$(basename "$script" .py)
+        case "$module" in _*) continue ;; esac
+        if [ -z "{{name}}" ] || [ "$module" = "{{name}}" ]; then
+            {{bin}}/python -m "bench.$module"
         fi
     done

@@ -21,15 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench._harness import percentile
 from storage.changes import MessageData, Mutation, ThreadData, apply_mutations
 from storage.database import connect, prepare_schema
 from storage.embedded import EmbeddedPostgres
-
-
-def percentile(samples: list[float], q: float) -> float:
-    return (
-        statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if q < 100 else max(samples)
-    )
 
 
 def report(name: str, writes: int, elapsed: float, latencies: list[float]) -> None:

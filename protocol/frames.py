@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_serializer,
 )
@@ -87,7 +88,7 @@ class AudioAppend(ClientFrame):
     type: Literal["audio.append"]
     stream_id: UUID
     seq: Annotated[int, Field(ge=0, lt=2**32)]
-    audio: bytes
+    audio: Annotated[bytes, WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
 
     @field_validator("audio", mode="before")
     @classmethod

@@ -19,5 +19,6 @@ def protocol_schema() -> dict[str, Any]:
             "(UUID), 4 bytes seq (unsigned 32-bit big-endian), then the audio bytes."
         ),
         "client": TypeAdapter(AnyClientFrame).json_schema(),
-        "server": TypeAdapter(AnyServerFrame).json_schema(mode="serialization"),
+        # Described from the fields (every server frame always carries its `type`).
+        "server": TypeAdapter(AnyServerFrame).json_schema(mode="validation"),
     }

@@ -1,0 +1,111 @@
+"""What the realtime benchmarks share: an embedded PostgreSQL, a Redis server and gateway
+processes on loopback, all started here and stopped on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import httpx
+
+from storage.database import prepare_schema
+from storage.embedded import EmbeddedPostgres
+
+SECRET = "bench-secret-key-of-at-least-32-characters"
+
+
+@contextmanager
+def services() -> Iterator[tuple[str, str, Path]]:
+    """(database URL, Redis URL, scratch directory)."""
+    with tempfile.TemporaryDirectory(prefix="painar-bench-") as scratch:
+        directory = Path(scratch)
+        redis = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                "0",
+                "--unixsocket",
+                str(directory / "redis.sock"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            with EmbeddedPostgres(directory) as dsn:
+                asyncio.run(prepare_schema(dsn, vector_dim=1536))
+                yield dsn, f"unix://{directory / 'redis.sock'}", directory
+        finally:
+            redis.terminate()
+            redis.wait(10)
+
+
+@asynccontextmanager
+async def gateways(
+    count: int, dsn: str, redis_url: str, **env: str
+) -> AsyncIterator[list[tuple[int, int]]]:
+    """`count` gateway processes; yields (pid, port) for each."""
+    processes: list[tuple[asyncio.subprocess.Process, int]] = []
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    try:
+        for n in range(count):
+            port = 18600 + n
+            process_env = {
+                **base,
+                "DATABASE_URL": dsn,
+                "REDIS_URL": redis_url,
+                "SECRET_KEY": SECRET,
+                "PORT": str(port),
+                "LOG_LEVEL": "WARNING",
+                **env,
+            }
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "serve", "--no-migrate", env=process_env
+            )
+            processes.append((process, port))
+        async with httpx.AsyncClient() as http:
+            for _, port in processes:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"gateway on port {port} did not become ready")
+        yield [(process.pid, port) for process, port in processes]
+    finally:
+        for process, _ in processes:
+            process.terminate()
+        for process, _ in processes:
+            await process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
