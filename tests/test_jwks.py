@@ -1,0 +1,134 @@
+"""RS256/ES256 tokens verified against a JWKS served over real HTTP; algorithm confusion
+(a public key used as an HMAC secret) refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.auth import AUDIENCE
+from gateway.server import GatewayServer, uvicorn_config
+from tests.support import Gateway, eventually, make_settings, serve_gateway
+from tests.wsclient import expect_close, open_socket, recv, session
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def jwk(public_key: Any, algorithm: Any, kid: str, alg: str) -> dict[str, Any]:
+    key: dict[str, Any] = json.loads(algorithm.to_jwk(public_key))
+    return {**key, "kid": kid, "alg": alg, "use": "sig"}
+
+
+@pytest.fixture
+async def jwks_url() -> AsyncIterator[str]:
+    keys = {
+        "keys": [
+            jwk(RSA_KEY.public_key(), RSAAlgorithm, "rsa-1", "RS256"),
+            jwk(EC_KEY.public_key(), ECAlgorithm, "ec-1", "ES256"),
+        ]
+    }
+
+    async def serve_keys(request: Request) -> JSONResponse:
+        return JSONResponse(keys)
+
+    app = Starlette(routes=[Route("/jwks.json", serve_keys)])
+    server = GatewayServer(uvicorn_config(app, make_settings(), "127.0.0.1", 0), app)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    await eventually(started, what="the JWKS server")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/jwks.json"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def gateway(database_url: str, jwks_url: str) -> AsyncIterator[Gateway]:
+    async with serve_gateway(make_settings(jwks_url=jwks_url), database_url) as gw:
+        yield gw
+
+
+def claims() -> dict[str, Any]:
+    sub = str(uuid.uuid4())
+    return {
+        "sub": sub,
+        "patient_id": sub,
+        "role": "patient",
+        "aud": AUDIENCE,
+        "exp": int(time.time()) + 60,
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "alg", "kid"), [(RSA_KEY, "RS256", "rsa-1"), (EC_KEY, "ES256", "ec-1")]
+)
+async def test_asymmetric_tokens_from_the_jwks_are_accepted(
+    gateway: Gateway, key: Any, alg: str, kid: str
+) -> None:
+    token = jwt.encode(claims(), key, algorithm=alg, headers={"kid": kid})
+    async with session(gateway.ws_url, token) as (_, ready):
+        assert ready["role"] == "patient"
+
+
+async def test_a_public_key_used_as_an_hmac_secret_is_refused(gateway: Gateway) -> None:
+    pem = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    # Forge an HS256 token keyed with the public key (PyJWT refuses to, so sign by hand).
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).encode())
+    payload = b64(json.dumps(claims()).encode())
+    signature = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    async with open_socket(gateway.ws_url, f"{header}.{payload}.{b64(signature)}") as ws:
+        error = await recv(ws)
+        assert error["error"]["code"] == "unauthenticated"
+        assert await expect_close(ws) == 4401
+
+
+async def test_a_key_the_jwks_does_not_have_is_refused(gateway: Gateway) -> None:
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "rsa-2"})
+    async with open_socket(gateway.ws_url, token) as ws:
+        error = await recv(ws)
+        assert error["error"]["code"] == "unauthenticated"
+        assert "signing key not found" in error["error"]["message"]
+        assert await expect_close(ws) == 4401
+    wrong_signer = jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "rsa-1"})
+    async with open_socket(gateway.ws_url, wrong_signer) as ws:
+        assert (await recv(ws))["error"]["code"] == "unauthenticated"
+        assert await expect_close(ws) == 4401
+
+
+async def test_without_a_jwks_asymmetric_tokens_are_refused(database_url: str) -> None:
+    token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    async with serve_gateway(make_settings(), database_url) as gw:
+        async with open_socket(gw.ws_url, token) as ws:
+            error = await recv(ws)
+            assert "algorithm 'RS256' is not accepted" in error["error"]["message"]
+            assert await expect_close(ws) == 4401
