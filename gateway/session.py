@@ -60,7 +60,10 @@ class Session:
         self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
-        self._bucket = TokenBucket(runtime.settings.frames_per_s, runtime.settings.burst)
+        settings = runtime.settings
+        self._max_frames = settings.send_queue_frames
+        self._max_bytes = settings.send_queue_bytes
+        self._bucket = TokenBucket(settings.frames_per_s, settings.burst)
         self._limited_in_a_row = 0
         self._bad_in_a_row = 0
         self.tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
@@ -71,11 +74,7 @@ class Session:
         """Queue one encoded frame (the hub calls this for every fan-out)."""
         if self._close is not None:
             return
-        settings = self.runtime.settings
-        if (
-            len(self._queue) >= settings.send_queue_frames
-            or self._queued_bytes + len(text) > settings.send_queue_bytes
-        ):
+        if len(self._queue) >= self._max_frames or self._queued_bytes + len(text) > self._max_bytes:
             QUEUE_FULL_CLOSES.inc()
             self._queue.clear()
             self._queued_bytes = 0

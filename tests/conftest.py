@@ -16,13 +16,14 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from storage.database import connect, prepare_schema
 from storage.embedded import EmbeddedPostgres
-from tests.support import TIMEOUT_S, with_database
+from tests.support import TIMEOUT_S, Gateway, make_settings, serve_gateway, with_database
 
 TEMPLATE_DB = "painar_template"
 
@@ -96,6 +97,15 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def gateway(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    """The app under real uvicorn; settings overrides come from indirect parametrization:
+    `@pytest.mark.parametrize("gateway", [{"burst": 5}], indirect=True)`."""
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    async with serve_gateway(make_settings(**overrides), database_url) as running:
+        yield running
 
 
 class RedisServer:

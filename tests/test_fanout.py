@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.hub import patient_topic
 from protocol.frames import ChatDelta
-from tests.support import TIMEOUT_S, Gateway, make_settings, sample, serve_gateway
+from tests.support import TIMEOUT_S, Gateway, sample
 from tests.wsclient import (
     expect_close,
     expect_presence,
@@ -24,13 +22,6 @@ from tests.wsclient import (
     recv,
     session,
 )
-
-
-@pytest.fixture
-async def gateway(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    overrides: dict[str, Any] = getattr(request, "param", {})
-    async with serve_gateway(make_settings(**overrides), database_url) as gw:
-        yield gw
 
 
 def delta(patient: uuid.UUID, seq: int, text: str = "word ") -> ChatDelta:

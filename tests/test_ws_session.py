@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,9 +20,7 @@ from tests.support import (
     TIMEOUT_S,
     Gateway,
     eventually,
-    make_settings,
     sample,
-    serve_gateway,
 )
 from tests.wsclient import (
     clinician_token,
@@ -34,13 +31,6 @@ from tests.wsclient import (
     send,
     session,
 )
-
-
-@pytest.fixture
-async def gateway(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    overrides: dict[str, Any] = getattr(request, "param", {})
-    async with serve_gateway(make_settings(**overrides), database_url) as gw:
-        yield gw
 
 
 def settings_for(**overrides: Any) -> pytest.MarkDecorator:
