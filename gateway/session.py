@@ -147,9 +147,11 @@ class Session:
                 member = device_member(self.id, identity.device_id)
                 await runtime.presence.joined(identity.patient_id, member)
             await self._receive_loop()
-        except Exception:
-            log.exception("session failed")
-            self.close(CloseCode.INTERNAL)
+        except Exception as exc:
+            # The one place where an unexpected failure becomes a close code.
+            log.error("session failed: %s", type(exc).__name__, exc_info=exc)
+            self.send_error(ProtocolError(ErrorCode.INTERNAL, "internal error", retryable=True))
+            self.close(CloseCode.INTERNAL, "internal error")
         finally:
             if self.topic is not None and identity.patient_id is not None:
                 await runtime.presence.left(identity.patient_id, str(self.id))

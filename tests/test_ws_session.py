@@ -6,7 +6,9 @@ import base64
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import jwt
 import orjson
@@ -248,3 +250,22 @@ async def test_the_open_socket_gauge_counts_by_role(gateway: Gateway) -> None:
         async with session(gateway.ws_url, patient_token()):
             assert await open_patients(1)
         await eventually(lambda: open_patients(0), what="the gauge to drop")
+
+
+async def test_a_session_that_cannot_reach_its_database_closes_with_1011(
+    gateway: Gateway, database_url: str, postgres_dsn: str
+) -> None:
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        async with open_socket(gateway.ws_url, patient_token()) as ws:
+            error = (await recv(ws))["error"]
+            assert (error["code"], error["retryable"]) == ("internal", True)
+            assert await expect_close(ws) == 1011
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()

@@ -1,0 +1,90 @@
+"""One suite for both brokers: what every Broker promises (gateway/broker/__init__.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.broker import Broker
+from gateway.broker.memory import MemoryBroker
+from gateway.broker.redis import RedisBroker
+from tests.conftest import RedisServer
+from tests.support import TIMEOUT_S
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self.recoveries = 0
+
+    def on_message(self, topic: str, message: bytes) -> None:
+        self.messages.put_nowait((topic, message))
+
+    def on_recovered(self) -> None:
+        self.recoveries += 1
+
+    async def next(self) -> tuple[str, bytes]:
+        async with asyncio.timeout(TIMEOUT_S):
+            return await self.messages.get()
+
+    async def nothing(self, seconds: float = 0.2) -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.messages.get()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[tuple[Broker, Inbox]]:
+    instance: Broker = (
+        MemoryBroker() if request.param == "memory" else RedisBroker(redis_server.url)
+    )
+    inbox = Inbox()
+    await instance.start(inbox.on_message, inbox.on_recovered)
+    try:
+        yield instance, inbox
+    finally:
+        await instance.close()
+
+
+async def test_subscribed_topics_are_delivered_in_publish_order(
+    broker: tuple[Broker, Inbox],
+) -> None:
+    instance, inbox = broker
+    await instance.subscribe("patient:a")
+    for n in range(100):
+        await instance.publish("patient:a", b"%d" % n)
+    assert [await inbox.next() for _ in range(100)] == [
+        ("patient:a", b"%d" % n) for n in range(100)
+    ]
+
+
+async def test_only_subscribed_topics_are_delivered(broker: tuple[Broker, Inbox]) -> None:
+    instance, inbox = broker
+    await instance.subscribe("patient:a")
+    await instance.publish("patient:b", b"not for us")
+    await instance.publish("patient:a", b"for us")
+    assert await inbox.next() == ("patient:a", b"for us")
+    await inbox.nothing()
+
+
+async def test_unsubscribe_stops_delivery_and_subscribe_is_idempotent(
+    broker: tuple[Broker, Inbox],
+) -> None:
+    instance, inbox = broker
+    await instance.subscribe("patient:a")
+    await instance.subscribe("patient:a")
+    await instance.publish("patient:a", b"once")
+    assert await inbox.next() == ("patient:a", b"once")
+    await inbox.nothing()  # subscribed twice, delivered once
+    await instance.unsubscribe("patient:a")
+    await instance.publish("patient:a", b"gone")
+    await inbox.nothing()
+
+
+async def test_ping_answers_while_the_broker_is_up(broker: tuple[Broker, Inbox]) -> None:
+    instance, _ = broker
+    await instance.ping()
