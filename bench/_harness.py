@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,8 +59,8 @@ async def gateways(
     processes: list[tuple[asyncio.subprocess.Process, int]] = []
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     try:
-        for n in range(count):
-            port = 18600 + n
+        for _ in range(count):
+            port = free_port()
             process_env = {
                 **base,
                 "DATABASE_URL": dsn,
@@ -91,6 +92,13 @@ async def gateways(
             process.terminate()
         for process, _ in processes:
             await process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def cpu_seconds(pid: int) -> float:

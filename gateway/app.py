@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gateway.auth import Authenticator
 from gateway.broker import Broker
@@ -19,7 +21,7 @@ from gateway.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.ws import websocket_endpoint
+from gateway.ws import WS_PATH, websocket_endpoint
 from storage.database import create_pool
 
 
@@ -70,8 +72,22 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            WebSocketRoute("/v1/ws", websocket_endpoint),
         ],
         middleware=[Middleware(HttpMetricsMiddleware)],
         lifespan=lifespan,
     )
+
+
+def asgi_entry(app: Starlette) -> ASGIApp:
+    """What the server runs: `/v1/ws` goes straight to the WebSocket endpoint with the
+    server's own `send` (the hot path of every fan-out delivery skips Starlette's
+    per-message wrappers); everything else, lifespan included, goes to `app`."""
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
+            scope["app"] = app
+            await websocket_endpoint(WebSocket(scope, receive, send), send)
+            return
+        await app(scope, receive, send)
+
+    return entry

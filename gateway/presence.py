@@ -21,9 +21,9 @@ from typing import Literal, Protocol
 from uuid import UUID
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.broker.redis import redis_client
 from gateway.hub import Hub, patient_topic
 from protocol.codec import encode
 from protocol.frames import Observer, Presence
@@ -81,7 +81,7 @@ class MemoryPresenceStore:
 
 class RedisPresenceStore:
     def __init__(self, url: str) -> None:
-        self._redis = Redis.from_url(url, socket_connect_timeout=2)
+        self._redis = redis_client(url)
 
     @staticmethod
     def _key(patient_id: UUID) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from gateway.auth import Authenticator
 from gateway.hub import Hub
+from gateway.outbox import Flusher
 from gateway.presence import PresenceService
 from gateway.settings import Settings
 from protocol.frames import Limits, Providers
@@ -24,6 +25,7 @@ class Runtime:
     presence: PresenceService
     authenticator: Authenticator
     sessions: set[Session] = field(default_factory=set)
+    flusher: Flusher = field(default_factory=Flusher)
     draining: bool = False
 
     @property

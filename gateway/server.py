@@ -16,6 +16,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from gateway.app import asgi_entry
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from protocol.codes import CloseCode
@@ -28,7 +29,7 @@ RECONNECT_JITTER_MS = 2000  # spread reconnects so they do not all land at once
 
 def uvicorn_config(app: Starlette, settings: Settings, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        app,
+        asgi_entry(app),
         host=host,
         port=port,
         log_config=None,

@@ -2,10 +2,10 @@
 failures become close codes.
 
 The receive loop decodes each frame, checks it against the rate limit and the sender's
-role, and hands it to its handler. Everything sent goes through a bounded queue (by
-frames and by bytes) drained by the send loop, so a slow socket never blocks a publisher
-or another socket: when its queue is full it is closed with 1013 and its client resumes
-from its last sync version.
+role, and hands it to its handler. Everything sent goes through the socket's outbox
+(gateway/outbox.py), so a slow socket never blocks a publisher or another socket: when
+its bounded queue is full it is closed with 1013 and its client resumes from its last
+sync version.
 """
 
 from __future__ import annotations
@@ -13,21 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 
 from starlette.websockets import WebSocket
 
 from gateway.auth import Identity
 from gateway.handlers import HANDLERS
 from gateway.hub import patient_topic
-from gateway.metrics import (
-    CLOSES,
-    ERRORS_SENT,
-    FRAMES_IN,
-    FRAMES_OUT,
-    QUEUE_FULL_CLOSES,
-    WS_CONNECTIONS,
-)
+from gateway.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
+from gateway.outbox import Outbox, Send
 from gateway.presence import device_member
 from gateway.ratelimit import TokenBucket
 from gateway.runtime import Runtime
@@ -50,19 +43,19 @@ CLOSE_FLUSH_S = 5.0  # how long a close may wait for queued frames to go out
 
 
 class Session:
-    def __init__(self, ws: WebSocket, identity: Identity, runtime: Runtime) -> None:
+    def __init__(self, ws: WebSocket, send: Send, identity: Identity, runtime: Runtime) -> None:
         self.id = uuid.uuid4()
         self.ws = ws
         self.identity = identity
         self.runtime = runtime
         self.topic = patient_topic(identity.patient_id) if identity.patient_id else None
-        self._queue: deque[str] = deque()
-        self._queued_bytes = 0
-        self._wake = asyncio.Event()
-        self._close: tuple[int, str] | None = None
         settings = runtime.settings
-        self._max_frames = settings.send_queue_frames
-        self._max_bytes = settings.send_queue_bytes
+        self.outbox = Outbox(
+            send,
+            runtime.flusher,
+            max_frames=settings.send_queue_frames,
+            max_bytes=settings.send_queue_bytes,
+        )
         self._bucket = TokenBucket(settings.frames_per_s, settings.burst)
         self._limited_in_a_row = 0
         self._bad_in_a_row = 0
@@ -71,22 +64,12 @@ class Session:
     # ---- sending ----------------------------------------------------------------------
 
     def deliver(self, text: str) -> None:
-        """Queue one encoded frame (the hub calls this for every fan-out)."""
-        if self._close is not None:
-            return
-        if len(self._queue) >= self._max_frames or self._queued_bytes + len(text) > self._max_bytes:
-            QUEUE_FULL_CLOSES.inc()
-            self._queue.clear()
-            self._queued_bytes = 0
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
-            return
-        self._queue.append(text)
-        self._queued_bytes += len(text)
-        self._wake.set()
+        """Send one encoded frame (the hub calls this for every fan-out)."""
+        self.outbox.put(text)
 
     def send(self, frame: ServerFrame) -> None:
         FRAMES_OUT.labels(frame.type).inc()
-        self.deliver(encode(frame).decode())
+        self.outbox.put(encode(frame).decode())
 
     def send_error(self, error: ProtocolError) -> None:
         ERRORS_SENT.labels(error.code.value).inc()
@@ -94,27 +77,11 @@ class Session:
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after what is already queued has gone out (the first close wins)."""
-        if self._close is None:
-            self._close = (code, reason)
-            self._wake.set()
+        self.outbox.close(code, reason)
 
     @property
     def closing(self) -> bool:
-        return self._close is not None
-
-    async def _send_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                text = self._queue.popleft()
-                self._queued_bytes -= len(text)
-                await self.ws.send_text(text)
-            if self._close is not None:
-                code, reason = self._close
-                CLOSES.labels(str(code)).inc()
-                await self.ws.close(code, reason)
-                return
+        return self.outbox.closing
 
     # ---- the hub's listener interface ------------------------------------------------
 
@@ -139,7 +106,6 @@ class Session:
         runtime, identity = self.runtime, self.identity
         runtime.sessions.add(self)
         WS_CONNECTIONS.labels(identity.role).inc()
-        sender = asyncio.create_task(self._send_loop())
         try:
             await self._ready()
             if self.topic is not None and identity.patient_id is not None:
@@ -158,7 +124,7 @@ class Session:
                 await runtime.hub.leave(self.topic, self)
             runtime.sessions.discard(self)
             WS_CONNECTIONS.labels(identity.role).dec()
-            await self._finish(sender)
+            await self._finish()
 
     async def _ready(self) -> None:
         identity, runtime = self.identity, self.runtime
@@ -179,14 +145,14 @@ class Session:
             )
         )
 
-    async def _finish(self, sender: asyncio.Task[None]) -> None:
+    async def _finish(self) -> None:
         self.close(CloseCode.NORMAL)
         try:
             async with asyncio.timeout(CLOSE_FLUSH_S):
-                await sender
-        except (TimeoutError, Exception):
-            # The peer is gone or not reading; the heartbeat drops the transport.
-            sender.cancel()
+                await self.outbox.wait_closed()
+        except TimeoutError:
+            # The peer is not reading; the heartbeat drops the transport.
+            self.outbox.abandon()
 
     async def _receive_loop(self) -> None:
         while not self.closing:

@@ -14,15 +14,18 @@ from starlette.websockets import WebSocket
 
 from gateway.auth import AuthError, Identity
 from gateway.metrics import CLOSES, ERRORS_SENT
+from gateway.outbox import Send
 from gateway.runtime import Runtime
 from gateway.session import Session
 from protocol.codec import ProtocolError, encode
 from protocol.codes import CloseCode, ErrorCode
 
 SUBPROTOCOL = "painar.v1"
+WS_PATH = "/v1/ws"
 
 
-async def websocket_endpoint(ws: WebSocket) -> None:
+async def websocket_endpoint(ws: WebSocket, send: Send) -> None:
+    """`send` is the server's own ASGI send: the session writes frames through it."""
     runtime: Runtime = ws.app.state.runtime
     if runtime.draining:
         body = {"error": "draining: reconnect to another gateway process"}
@@ -42,7 +45,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
     if identity is None:
         return  # the client left before authenticating
-    await Session(ws, identity, runtime).run()
+    await Session(ws, send, identity, runtime).run()
 
 
 async def _authenticate(ws: WebSocket, runtime: Runtime) -> Identity | None:

@@ -14,7 +14,7 @@ import logging
 import uuid
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from gateway.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
@@ -27,11 +27,24 @@ BACKOFF_MAX_S = 2.0
 SUBSCRIBE_TIMEOUT_S = 5.0
 
 
+POOL_SIZE = 32  # connections per process for commands; callers wait for a free one
+POOL_WAIT_S = 5.0
+
+
+def redis_client(url: str) -> Redis:
+    """A client whose pool is bounded and makes callers wait rather than fail when every
+    connection is busy (a crowd of sockets joining at once)."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
 class RedisBroker:
     name = "redis"
 
     def __init__(self, url: str) -> None:
-        self._client = Redis.from_url(url, socket_connect_timeout=2)
+        self._client = redis_client(url)
         self._control = f"painar:gateway:{uuid.uuid4()}"
         self._topics: set[str] = set()
         self._confirmations: dict[str, asyncio.Future[None]] = {}
