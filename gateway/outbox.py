@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from gateway.metrics import CLOSES, QUEUE_FULL_CLOSES
-from protocol.codes import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +57,21 @@ class Outbox:
         "_queued_bytes",
         "_drainer",
         "_close",
+        "_on_overflow",
         "broken",
     )
 
-    def __init__(self, send: Send, flusher: Flusher, *, max_frames: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        send: Send,
+        flusher: Flusher,
+        *,
+        max_frames: int,
+        max_bytes: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
         self._send = send
+        self._on_overflow = on_overflow  # decides how to close (1013)
         self._flusher = flusher
         self._dirty = False  # registered with the flusher for this turn
         self._max_frames = max_frames
@@ -84,7 +93,7 @@ class Outbox:
             QUEUE_FULL_CLOSES.inc()
             self._queue.clear()
             self._queued_bytes = 0
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+            self._on_overflow()
             return
         self._queue.append(text)
         self._queued_bytes += len(text)

@@ -55,8 +55,15 @@ class Session:
             runtime.flusher,
             max_frames=settings.send_queue_frames,
             max_bytes=settings.send_queue_bytes,
+            on_overflow=lambda: self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer"),
         )
         self._bucket = TokenBucket(settings.frames_per_s, settings.burst)
+        # How long a close may take before the peer counts as gone (it stopped reading).
+        self._close_timeout = min(CLOSE_FLUSH_S, 2 * settings.heartbeat_s)
+        self._task: asyncio.Task[None] | None = None
+        self._receiving = False
+        self._gave_up = False
+        self._give_up_timer: asyncio.TimerHandle | None = None
         self._limited_in_a_row = 0
         self._bad_in_a_row = 0
         self.tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
@@ -78,6 +85,16 @@ class Session:
     def close(self, code: int, reason: str = "") -> None:
         """Close after what is already queued has gone out (the first close wins)."""
         self.outbox.close(code, reason)
+        if self._give_up_timer is None:
+            loop = asyncio.get_running_loop()
+            self._give_up_timer = loop.call_later(self._close_timeout, self._give_up)
+
+    def _give_up(self) -> None:
+        """The close did not complete: a peer that neither reads nor answers would keep
+        the receive loop waiting forever, so stop it."""
+        if self._receiving and self._task is not None and not self._task.done():
+            self._gave_up = True
+            self._task.cancel()
 
     @property
     def closing(self) -> bool:
@@ -106,25 +123,35 @@ class Session:
         runtime, identity = self.runtime, self.identity
         runtime.sessions.add(self)
         WS_CONNECTIONS.labels(identity.role).inc()
+        self._task = asyncio.current_task()
         try:
             await self._ready()
             if self.topic is not None and identity.patient_id is not None:
                 await runtime.hub.join(self.topic, self)
                 member = device_member(self.id, identity.device_id)
                 await runtime.presence.joined(identity.patient_id, member)
+            self._receiving = True
             await self._receive_loop()
+        except asyncio.CancelledError:
+            if not self._gave_up:
+                raise
+            assert self._task is not None
+            self._task.uncancel()
         except Exception as exc:
             # The one place where an unexpected failure becomes a close code.
             log.error("session failed: %s", type(exc).__name__, exc_info=exc)
             self.send_error(ProtocolError(ErrorCode.INTERNAL, "internal error", retryable=True))
             self.close(CloseCode.INTERNAL, "internal error")
         finally:
+            self._receiving = False
             if self.topic is not None and identity.patient_id is not None:
                 await runtime.presence.left(identity.patient_id, str(self.id))
                 await runtime.hub.leave(self.topic, self)
             runtime.sessions.discard(self)
             WS_CONNECTIONS.labels(identity.role).dec()
             await self._finish()
+            if self._give_up_timer is not None:
+                self._give_up_timer.cancel()
 
     async def _ready(self) -> None:
         identity, runtime = self.identity, self.runtime
@@ -148,7 +175,7 @@ class Session:
     async def _finish(self) -> None:
         self.close(CloseCode.NORMAL)
         try:
-            async with asyncio.timeout(CLOSE_FLUSH_S):
+            async with asyncio.timeout(self._close_timeout):
                 await self.outbox.wait_closed()
         except TimeoutError:
             # The peer is not reading; the heartbeat drops the transport.

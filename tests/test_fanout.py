@@ -12,7 +12,8 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.hub import patient_topic
 from protocol.frames import ChatDelta
-from tests.support import TIMEOUT_S, Gateway, sample
+from tests.support import TIMEOUT_S, Gateway, eventually, sample
+from tests.test_heartbeat import RawSocket
 from tests.wsclient import (
     expect_close,
     expect_presence,
@@ -121,3 +122,30 @@ async def test_presence_lists_the_patients_devices_as_they_come_and_go(gateway: 
     async with session(gateway.ws_url, patient_token(uuid.uuid4(), "tablet")) as (other, _):
         frame = await expect_presence(other, ["tablet"])  # another patient's devices stay apart
         assert frame["devices"] == ["tablet"]
+
+
+@pytest.mark.parametrize("gateway", [{"send_queue_frames": 64, "heartbeat_s": 0.5}], indirect=True)
+async def test_a_peer_that_neither_reads_nor_answers_is_let_go(gateway: Gateway) -> None:
+    """After its 1013 close cannot be delivered, the session ends anyway: nothing of it
+    stays in the hub, the session set or the open-socket gauge."""
+    patient = uuid.uuid4()
+    stalled = await RawSocket.open(gateway.ws_url, patient_token(patient, "stalled"))
+    try:
+
+        async def registered() -> bool:
+            return len(gateway.runtime.hub.listeners(patient_topic(patient))) == 1
+
+        await eventually(registered, what="the stalled socket's session")
+        big = "x" * 60_000
+        for seq in range(400):  # far more than the socket buffers hold
+            await gateway.runtime.hub.publish(patient_topic(patient), delta(patient, seq, big))
+            await asyncio.sleep(0)
+
+        async def let_go() -> bool:
+            return not gateway.runtime.hub.listeners(patient_topic(patient)) and not any(
+                s.identity.patient_id == patient for s in gateway.runtime.sessions
+            )
+
+        await eventually(let_go, what="the stalled session to end")
+    finally:
+        stalled.writer.close()
