@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from gateway.broker import BrokerUnavailable
 from gateway.broker.redis import RedisBroker
@@ -141,3 +142,29 @@ async def test_presence_spans_gateway_processes(
                 await expect_presence(headset, ["headset", "phone"])
                 await expect_presence(phone, ["headset", "phone"])
             await expect_presence(headset, ["headset"])
+
+
+async def test_one_redis_subscription_per_topic_released_by_the_last_socket(
+    database_url: str, redis_server: RedisServer
+) -> None:
+    patient = uuid.uuid4()
+    topic = patient_topic(patient)
+    redis = Redis.from_url(redis_server.url)
+
+    async def subscribers() -> int:
+        counts = await redis.pubsub_numsub(topic)
+        return int(counts[0][1])
+
+    try:
+        async with serve_gateway(make_settings(redis_url=redis_server.url), database_url) as gw:
+            async with session(gw.ws_url, patient_token(patient, "a")):
+                async with session(gw.ws_url, patient_token(patient, "b")):
+                    assert await subscribers() == 1  # two sockets, one subscription
+                assert await subscribers() == 1
+
+            async def released() -> bool:
+                return await subscribers() == 0
+
+            await eventually(released, what="the last socket to unsubscribe")
+    finally:
+        await redis.aclose()
