@@ -19,6 +19,7 @@ from gateway.health import Probe, healthz, readyz
 from gateway.hub import Hub
 from gateway.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
+from gateway.rest_sync import sync_endpoint
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.ws import WS_PATH, websocket_endpoint
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/sync/", sync_endpoint, methods=["GET", "POST"]),
         ],
         middleware=[Middleware(HttpMetricsMiddleware)],
         lifespan=lifespan,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from gateway.sync import handle_pull, handle_push
 from protocol.frames import ClientFrame, Ping, Pong
 
 if TYPE_CHECKING:
@@ -18,4 +19,8 @@ async def handle_ping(session: Session, frame: ClientFrame) -> None:
     session.send(Pong(ts=frame.ts))
 
 
-HANDLERS: dict[str, Handler] = {"ping": handle_ping}
+HANDLERS: dict[str, Handler] = {
+    "ping": handle_ping,
+    "sync.push": handle_push,
+    "sync.pull": handle_pull,
+}

@@ -17,13 +17,15 @@ from typing import Protocol
 from uuid import UUID
 
 from gateway.broker import Broker
-from gateway.metrics import FANOUT_LATENCY, FRAMES_OUT
+from gateway.metrics import FANOUT_LATENCY, FRAMES_OUT, SYNC_PUSH_TO_DELIVERY
 from protocol.codec import encode
 from protocol.frames import ServerFrame
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">dB")  # publish time (unix seconds), length of the type name
+# Publish time and origin time (unix seconds; the origin is what caused the frame, e.g.
+# the push behind a sync.delta), then the length of the frame type's name.
+_HEADER = struct.Struct(">ddB")
 
 
 class Listener(Protocol):
@@ -38,9 +40,10 @@ def patient_topic(patient_id: UUID) -> str:
     return f"patient:{patient_id}"
 
 
-def envelope(frame_type: str, payload: bytes) -> bytes:
+def envelope(frame_type: str, payload: bytes, origin: float | None = None) -> bytes:
     kind = frame_type.encode()
-    return _HEADER.pack(time.time(), len(kind)) + kind + payload
+    now = time.time()
+    return _HEADER.pack(now, origin or now, len(kind)) + kind + payload
 
 
 class Hub:
@@ -81,8 +84,8 @@ class Hub:
             del self._topics[topic]
             await self.broker.unsubscribe(topic)
 
-    async def publish(self, topic: str, frame: ServerFrame) -> None:
-        await self.broker.publish(topic, envelope(frame.type, encode(frame)))
+    async def publish(self, topic: str, frame: ServerFrame, origin: float | None = None) -> None:
+        await self.broker.publish(topic, envelope(frame.type, encode(frame), origin))
 
     async def signal(self, topic: str, name: str) -> None:
         await self.broker.publish(topic, envelope(name, b""))
@@ -90,7 +93,7 @@ class Hub:
     def _deliver(self, topic: str, message: bytes) -> None:
         if topic not in self._topics:
             return
-        published_at, kind_length = _HEADER.unpack_from(message)
+        published_at, origin, kind_length = _HEADER.unpack_from(message)
         start = _HEADER.size
         frame_type = message[start : start + kind_length].decode()
         handler = self.signal_handlers.get(frame_type)
@@ -98,7 +101,10 @@ class Hub:
             handler(topic)
             return
         self.deliver_local(topic, frame_type, message[start + kind_length :].decode())
-        FANOUT_LATENCY.observe(max(0.0, time.time() - published_at))
+        now = time.time()
+        FANOUT_LATENCY.observe(max(0.0, now - published_at))
+        if frame_type == "sync.delta":
+            SYNC_PUSH_TO_DELIVERY.observe(max(0.0, now - origin))
 
     def deliver_local(self, topic: str, frame_type: str, text: str) -> None:
         """Hand an encoded frame to this process's listeners of `topic` only."""

@@ -86,3 +86,15 @@ FANOUT_LATENCY = Histogram(
 BROKER_PUBLISH_FAILURES = Counter(
     "broker_publish_failures_total", "Publishes the broker could not send", ["broker"]
 )
+
+# ---- sync -------------------------------------------------------------------------------
+
+SYNC_MUTATIONS = Counter(
+    "sync_mutations_total", "Pushed mutations by outcome", ["outcome"]
+)  # applied, duplicate, rejected
+SYNC_PULLS = Counter("sync_pulls_total", "sync.pull requests and GET /sync/ calls answered")
+SYNC_PUSH_TO_DELIVERY = Histogram(
+    "sync_push_to_delivery_seconds",
+    "From a write (push, REST or chat) reaching the gateway to its sync.delta enqueued on a socket",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

@@ -113,12 +113,13 @@ class AudioCancel(ClientFrame):
 
 
 class Mutation(ClientPart):
+    """One change a device pushes. Checked one by one (protocol/mutations.py), so a bad
+    mutation is rejected alone instead of failing the whole push."""
+
     mutation_id: FreeId
     entity: Literal["thread", "message"]
     op: Literal["upsert", "delete"]
     id: UUID
-    # Shape checked per mutation by the sync service (ThreadFields / MessageFields), so
-    # one bad mutation is rejected alone instead of failing the whole push.
     data: dict[str, Any] | None = None
 
 
@@ -137,7 +138,19 @@ class MessageFields(ClientPart):
 class SyncPush(ClientFrame):
     type: Literal["sync.push"]
     id: FreeId
-    mutations: Annotated[list[Mutation], Field(min_length=1, max_length=MAX_MUTATIONS)]
+    # Objects of the shape of `Mutation`, validated one by one when applied.
+    mutations: Annotated[
+        list[Any],
+        Field(min_length=1, max_length=MAX_MUTATIONS),
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": Mutation.model_json_schema(),
+                "minItems": 1,
+                "maxItems": MAX_MUTATIONS,
+            }
+        ),
+    ]
 
 
 class SyncPull(ClientFrame):

@@ -6,7 +6,21 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from protocol.frames import PROTOCOL_VERSION, AnyClientFrame, AnyServerFrame
+from protocol.frames import (
+    PROTOCOL_VERSION,
+    AnyClientFrame,
+    AnyServerFrame,
+    MessageFields,
+    ThreadFields,
+)
+
+
+def _with_mutation(schema: dict[str, Any]) -> dict[str, Any]:
+    """The shapes of a mutation's `data`, which sync.push checks one mutation at a time."""
+    defs = schema.setdefault("$defs", {})
+    for model in (ThreadFields, MessageFields):
+        defs[model.__name__] = model.model_json_schema(ref_template="#/$defs/{model}")
+    return schema
 
 
 def protocol_schema() -> dict[str, Any]:
@@ -18,7 +32,7 @@ def protocol_schema() -> dict[str, Any]:
             "`server` what the gateway sends. Binary frames carry audio: 16 bytes stream_id "
             "(UUID), 4 bytes seq (unsigned 32-bit big-endian), then the audio bytes."
         ),
-        "client": TypeAdapter(AnyClientFrame).json_schema(),
+        "client": _with_mutation(TypeAdapter(AnyClientFrame).json_schema()),
         # Described from the fields (every server frame always carries its `type`).
         "server": TypeAdapter(AnyServerFrame).json_schema(mode="validation"),
     }

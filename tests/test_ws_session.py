@@ -160,7 +160,12 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
             "observe",
             "f5",
         ),
-        ('{"type": "sync.pull", "id": "f6", "since": 0}', "unavailable", "sync.pull", "f6"),
+        (
+            '{"type": "chat.cancel", "id": "f6", "response_id": "' + str(uuid.UUID(int=6)) + '"}',
+            "unavailable",
+            "chat.cancel",
+            "f6",
+        ),
     ],
 )
 async def test_bad_input_gets_an_error_naming_it_and_the_socket_stays_usable(

@@ -1,0 +1,161 @@
+"""The original backend's sync routes, on the same pipeline as `sync.push`/`sync.pull`.
+
+`POST /sync/` takes the original payload (`threads` and `messages`, each item with an
+`operation` insert/update/delete, plus `client_id` and `sync_timestamp`). Each item
+becomes a mutation whose id is derived from the item itself, so a retried POST is
+recognised and not applied twice. `GET /sync/?since=V&limit=N` returns the changes after
+version V. Both need `Authorization: Bearer <token>` of a patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth import AuthError, Identity
+from gateway.runtime import Runtime
+from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
+from protocol.codec import describe
+from protocol.frames import MAX_MUTATIONS, MAX_PULL_LIMIT
+
+Operation = Literal["insert", "update", "delete"]
+
+
+class LegacyItem(BaseModel):
+    # The original clients sent Realm objects with more fields than these: ignore them.
+    model_config = ConfigDict(extra="ignore")
+    id: UUID
+    operation: Operation
+
+
+class LegacyThread(LegacyItem):
+    title: str = ""
+
+
+class LegacyMessage(LegacyItem):
+    thread_id: UUID
+    role: str = "user"
+    content: str = ""
+    svg_path: str | None = None
+    created_at: datetime | None = None
+
+
+class LegacySync(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    threads: list[LegacyThread] = []
+    messages: list[LegacyMessage] = []
+    client_id: Annotated[str, Field(min_length=1, max_length=128)]
+    sync_timestamp: int | float | None = None
+
+    @model_validator(mode="after")
+    def _not_too_many(self) -> LegacySync:
+        if len(self.threads) + len(self.messages) > MAX_MUTATIONS:
+            raise ValueError(f"at most {MAX_MUTATIONS} threads and messages per request")
+        return self
+
+
+class PullQuery(BaseModel):
+    since: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] = DEFAULT_PULL_LIMIT
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _patient(request: Request) -> Identity | JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error(401, "unauthenticated", "Authorization: a Bearer token is required")
+    try:
+        identity = await runtime.authenticator.verify(token.strip())
+    except AuthError as exc:
+        return _error(401, "unauthenticated", str(exc))
+    if identity.role != "patient" or identity.patient_id is None:
+        return _error(403, "forbidden", "sync is for patients")
+    return identity
+
+
+async def sync_endpoint(request: Request) -> Response:
+    identity = await _patient(request)
+    if isinstance(identity, JSONResponse):
+        return identity
+    if request.method == "GET":
+        return await _get(request, identity)
+    return await _post(request, identity)
+
+
+async def _post(request: Request, identity: Identity) -> Response:
+    received = time.time()
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return _error(400, "bad_frame", "body: not valid JSON")
+    try:
+        payload = LegacySync.model_validate(body)
+    except ValidationError as exc:
+        return _error(422, "invalid", describe(exc))
+    assert identity.patient_id is not None
+    device = identity.device_id or payload.client_id
+    mutations = [_mutation(payload, "thread", t) for t in payload.threads]
+    mutations += [_mutation(payload, "message", m) for m in payload.messages]
+    runtime: Runtime = request.app.state.runtime
+    result = await push(runtime, identity.patient_id, device, mutations, origin=received)
+    return JSONResponse(
+        {
+            "version": result.version,
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+            "rejected": [r.model_dump() for r in result.rejected],
+        }
+    )
+
+
+def _mutation(payload: LegacySync, entity: str, item: LegacyItem) -> dict[str, Any]:
+    fields = item.model_dump(mode="json", exclude={"operation"}, exclude_none=True)
+    # Same item, same request -> same id: a retried POST is a duplicate, not a second write.
+    digest = hashlib.sha256(
+        orjson.dumps(
+            [payload.client_id, payload.sync_timestamp, entity, item.operation, fields],
+            option=orjson.OPT_SORT_KEYS,
+        )
+    ).hexdigest()[:32]
+    mutation: dict[str, Any] = {
+        "mutation_id": f"rest:{digest}",
+        "entity": entity,
+        "id": fields.pop("id"),
+    }
+    if item.operation == "delete":
+        mutation.update(op="delete", data=None)
+    else:
+        mutation.update(op="upsert", data=fields)
+    return mutation
+
+
+async def _get(request: Request, identity: Identity) -> Response:
+    try:
+        query = PullQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        return _error(422, "invalid", describe(exc))
+    assert identity.patient_id is not None
+    runtime: Runtime = request.app.state.runtime
+    version, changes, has_more = await pull(runtime, identity.patient_id, query.since, query.limit)
+    return Response(
+        orjson.dumps(
+            {
+                "version": version,
+                "changes": [c.model_dump(mode="json") for c in changes],
+                "has_more": has_more,
+            }
+        ),
+        media_type="application/json",
+    )

@@ -1,0 +1,333 @@
+"""Sync over the socket and the original REST routes, in one gateway process."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.support import TIMEOUT_S, Gateway
+from tests.wsclient import clinician_token, patient_token, recv, send, session
+
+
+def thread(mutation_id: str, thread_id: uuid.UUID, title: str = "Back pain") -> dict[str, Any]:
+    return {
+        "mutation_id": mutation_id,
+        "entity": "thread",
+        "op": "upsert",
+        "id": str(thread_id),
+        "data": {"title": title},
+    }
+
+
+def message(
+    mutation_id: str, thread_id: uuid.UUID, text: str = "It hurts", **data: Any
+) -> dict[str, Any]:
+    return {
+        "mutation_id": mutation_id,
+        "entity": "message",
+        "op": "upsert",
+        "id": str(data.pop("id", uuid.uuid4())),
+        "data": {"thread_id": str(thread_id), "role": "user", "content": text, **data},
+    }
+
+
+# Deltas that arrived while a test waited for something else, per socket, in order.
+held: dict[int, list[dict[str, Any]]] = {}
+
+
+async def answer(ws: Any) -> dict[str, Any]:
+    """The next frame that is not a delta or presence (deltas are held for next_delta)."""
+    while True:
+        frame = await recv(ws)
+        if frame["type"] != "sync.delta":
+            return frame
+        held.setdefault(id(ws), []).append(frame)
+
+
+async def push(ws: Any, frame_id: str, *mutations: Any) -> dict[str, Any]:
+    await send(ws, {"type": "sync.push", "id": frame_id, "mutations": list(mutations)})
+    return await answer(ws)
+
+
+async def next_delta(ws: Any) -> dict[str, Any]:
+    waiting = held.get(id(ws))
+    if waiting:
+        return waiting.pop(0)
+    return await recv(ws, skip=("presence", "sync.ack"))
+
+
+async def test_a_push_is_acked_and_every_device_gets_the_delta(gateway: Gateway) -> None:
+    patient = uuid.uuid4()
+    t = uuid.uuid4()
+    async with (
+        session(gateway.ws_url, patient_token(patient, "headset")) as (headset, ready),
+        session(gateway.ws_url, patient_token(patient, "phone")) as (phone, _),
+    ):
+        assert ready["sync_version"] == 0
+        ack = await push(headset, "p1", thread("m1", t), message("m2", t, "Knee aches"))
+        assert ack == {
+            "type": "sync.ack",
+            "ref": "p1",
+            "version": 2,
+            "applied": ["m1", "m2"],
+            "duplicates": [],
+            "rejected": [],
+        }
+        for ws in (headset, phone):  # the pushing socket too
+            delta = await next_delta(ws)
+            assert delta["type"] == "sync.delta" and delta["version"] == 2
+            assert [c["version"] for c in delta["changes"]] == [1, 2]
+            first, second = delta["changes"]
+            assert (first["entity"], first["op"], first["id"]) == ("thread", "upsert", str(t))
+            assert first["data"]["title"] == "Back pain"
+            assert second["data"]["content"] == "Knee aches"
+            assert second["data"]["source"] == "sync"
+            assert (second["device_id"], second["mutation_id"]) == ("headset", "m2")
+
+
+async def test_a_replayed_push_is_a_duplicate_and_changes_nothing(
+    gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    patient = uuid.uuid4()
+    t = uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, _):
+        first = await push(ws, "p1", thread("m1", t, "Original"))
+        await next_delta(ws)
+        before = await db.fetch("SELECT * FROM threads ORDER BY id")
+        again = await push(ws, "p2", thread("m1", t, "Changed on replay"))
+        assert again["duplicates"] == ["m1"] and again["applied"] == []
+        assert again["version"] == first["version"] == 1
+        assert await db.fetch("SELECT * FROM threads ORDER BY id") == before
+        await send(ws, {"type": "ping", "ts": 1})  # no delta came for the replay
+        assert await recv(ws, skip=("presence",)) == {"type": "pong", "ts": 1}
+
+
+async def test_each_invalid_mutation_is_rejected_alone_and_stores_nothing(
+    gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    patient, other = uuid.uuid4(), uuid.uuid4()
+    mine, theirs, gone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(other, "x")) as (ws, _):
+        await push(ws, "o", thread("o1", theirs))
+    async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, _):
+        await push(ws, "setup", thread("s1", mine), thread("s2", gone))
+        await push(
+            ws, "del", {"mutation_id": "s3", "entity": "thread", "op": "delete", "id": str(gone)}
+        )
+        before = await db.fetchval("SELECT count(*) FROM changes")
+        cases = [
+            (
+                {"mutation_id": "r1", "entity": "post", "op": "upsert", "id": str(uuid.uuid4())},
+                "invalid",
+                "entity",
+            ),
+            (
+                {"mutation_id": "r2", "entity": "thread", "op": "merge", "id": str(uuid.uuid4())},
+                "invalid",
+                "op",
+            ),
+            (
+                {
+                    "mutation_id": "r3",
+                    "entity": "thread",
+                    "op": "upsert",
+                    "id": "not-a-uuid",
+                    "data": {},
+                },
+                "invalid",
+                "id",
+            ),
+            (
+                {"mutation_id": "r4", "entity": "thread", "op": "upsert", "id": str(uuid.uuid4())},
+                "invalid",
+                "data: required",
+            ),
+            ({**thread("r5", uuid.uuid4()), "data": {"title": 5}}, "invalid", "data.title"),
+            ({**thread("r6", uuid.uuid4()), "data": {"titel": "typo"}}, "invalid", "data.titel"),
+            (
+                {
+                    "mutation_id": "r7",
+                    "entity": "thread",
+                    "op": "delete",
+                    "id": str(mine),
+                    "data": {},
+                },
+                "invalid",
+                "must be null",
+            ),
+            (
+                {
+                    **message("r8", mine),
+                    "data": {"thread_id": str(mine), "role": "assistant", "content": "x"},
+                },
+                "forbidden",
+                "role",
+            ),
+            (message("r9", uuid.uuid4()), "not_found", "thread_id"),
+            (message("r10", theirs), "forbidden", "another patient"),
+            (thread("r11", theirs), "forbidden", "another patient"),
+            (thread("r12", gone), "conflict", "deleted"),
+            (message("r13", gone), "conflict", "deleted"),
+            (
+                {
+                    "mutation_id": "r14",
+                    "entity": "message",
+                    "op": "delete",
+                    "id": str(uuid.uuid4()),
+                },
+                "not_found",
+                "no such message",
+            ),
+            ("not an object", "invalid", "must be an object"),
+        ]
+        ack = await push(ws, "bad", *[m for m, _, _ in cases], thread("ok", uuid.uuid4()))
+        assert ack["applied"] == ["ok"]
+        assert len(ack["rejected"]) == len(cases)
+        for rejected, (mutation, code, text) in zip(ack["rejected"], cases, strict=True):
+            expected_id = mutation["mutation_id"] if isinstance(mutation, dict) else ""
+            assert rejected["mutation_id"] == expected_id
+            assert rejected["code"] == code, rejected
+            assert text in rejected["message"], rejected
+        assert await db.fetchval("SELECT count(*) FROM changes") == before + 1
+
+
+async def test_pull_pages_through_the_changes(gateway: Gateway) -> None:
+    patient = uuid.uuid4()
+    t = uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, _):
+        await push(
+            ws, "p", thread("m0", t), *[message(f"m{i}", t, f"note {i}") for i in range(1, 5)]
+        )
+        await send(ws, {"type": "sync.pull", "id": "q1", "since": 0, "limit": 3})
+        page = await answer(ws)
+        assert page["type"] == "sync.changes" and page["ref"] == "q1"
+        assert (page["since"], page["version"], page["has_more"]) == (0, 5, True)
+        assert [c["version"] for c in page["changes"]] == [1, 2, 3]
+        await send(ws, {"type": "sync.pull", "id": "q2", "since": 3})
+        page = await answer(ws)
+        assert [c["version"] for c in page["changes"]] == [4, 5] and not page["has_more"]
+        await send(
+            ws, {"type": "sync.pull", "id": "q3", "since": 0, "patient_id": str(uuid.uuid4())}
+        )
+        error = (await answer(ws))["error"]
+        assert (error["code"], error["ref"]) == ("forbidden", "q3")
+
+
+async def test_clinicians_may_not_pull_yet(gateway: Gateway) -> None:
+    async with session(gateway.ws_url, clinician_token()) as (ws, _):
+        await send(
+            ws, {"type": "sync.pull", "id": "c", "since": 0, "patient_id": str(uuid.uuid4())}
+        )
+        error = (await recv(ws))["error"]
+        assert (error["code"], error["ref"]) == ("forbidden", "c")
+        await send(ws, {"type": "sync.push", "id": "d", "mutations": [thread("m", uuid.uuid4())]})
+        assert (await recv(ws))["error"]["code"] == "forbidden"
+
+
+async def test_session_ready_carries_the_current_version(gateway: Gateway) -> None:
+    patient = uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "a")) as (ws, _):
+        await push(ws, "p", thread("m", uuid.uuid4()))
+    async with session(gateway.ws_url, patient_token(patient, "b")) as (_, ready):
+        assert ready["sync_version"] == 1
+
+
+# ---- the original REST routes ----------------------------------------------------------
+
+
+def original_payload(thread_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "threads": [{"id": str(thread_id), "title": "Back Pain Discussion", "operation": "insert"}],
+        "messages": [
+            {
+                "id": str(message_id),
+                "thread_id": str(thread_id),
+                "role": "user",
+                "content": "My back hurts",
+                "operation": "insert",
+            }
+        ],
+        "client_id": "mobile-app-v1",
+        "sync_timestamp": 1234567890,
+    }
+
+
+async def test_post_sync_takes_the_original_payload_and_a_retry_is_idempotent(
+    gateway: Gateway,
+) -> None:
+    patient = uuid.uuid4()
+    headers = {"Authorization": f"Bearer {patient_token(patient, 'phone')}"}
+    t, m = uuid.uuid4(), uuid.uuid4()
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S, headers=headers) as http,
+        session(gateway.ws_url, patient_token(patient, "headset")) as (headset, _),
+    ):
+        first = await http.post("/sync/", json=original_payload(t, m))
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert body["version"] == 2 and len(body["applied"]) == 2
+        assert body["duplicates"] == [] and body["rejected"] == []
+        delta = await next_delta(headset)  # the REST write reaches the sockets live
+        assert [c["id"] for c in delta["changes"]] == [str(t), str(m)]
+
+        retry = await http.post("/sync/", json=original_payload(t, m))
+        assert retry.json() == {
+            "version": 2,
+            "applied": [],
+            "duplicates": body["applied"],
+            "rejected": [],
+        }
+        update = original_payload(t, m)
+        update["messages"][0].update(operation="update", content="Better today")
+        update["sync_timestamp"] = 1234567999
+        assert (await http.post("/sync/", json=update)).json()["version"] == 4
+
+        pulled = await http.get("/sync/", params={"since": 2, "limit": 1})
+        assert pulled.status_code == 200
+        assert pulled.json()["version"] == 4 and pulled.json()["has_more"] is True
+        assert [c["version"] for c in pulled.json()["changes"]] == [3]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, "body"),
+        (b'{"threads": []}', 422, "client_id"),
+        (
+            b'{"client_id": "c", "threads": [{"id": "x", "operation": "insert"}]}',
+            422,
+            "threads.0.id",
+        ),
+        (
+            b'{"client_id": "c", "threads": [{"id": "'
+            + str(uuid.UUID(int=1)).encode()
+            + b'", "operation": "upsert"}]}',
+            422,
+            "threads.0.operation",
+        ),
+    ],
+)
+async def test_post_sync_refuses_bad_payloads_naming_the_field(
+    gateway: Gateway, body: bytes, status: int, field: str
+) -> None:
+    headers = {"Authorization": f"Bearer {patient_token()}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
+        response = await http.post("/sync/", content=body, headers=headers)
+        assert response.status_code == status
+        assert response.json()["error"]["message"].startswith(field)
+
+
+async def test_the_sync_routes_need_a_patients_bearer_token(gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
+        assert (await http.get("/sync/")).status_code == 401
+        bad = await http.get("/sync/", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthenticated"
+        clinician = {"Authorization": f"Bearer {clinician_token()}"}
+        assert (await http.post("/sync/", json={}, headers=clinician)).status_code == 403
+        patient = {"Authorization": f"Bearer {patient_token()}"}
+        wrong = await http.get("/sync/", params={"since": -1}, headers=patient)
+        assert wrong.status_code == 422 and wrong.json()["error"]["message"].startswith("since")
