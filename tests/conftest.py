@@ -13,17 +13,29 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from storage.database import connect, prepare_schema
 from storage.embedded import EmbeddedPostgres
-from tests.support import TIMEOUT_S, Gateway, make_settings, serve_gateway, with_database
+from tests.support import (
+    TEST_SECRET,
+    TIMEOUT_S,
+    Gateway,
+    eventually,
+    free_port,
+    gateway_env,
+    make_settings,
+    serve_gateway,
+    with_database,
+)
 
 TEMPLATE_DB = "painar_template"
 
@@ -220,3 +232,38 @@ def threaded_gateway(postgres_dsn: str, template_database: str) -> Iterator[str]
         server.should_exit = True
         thread.join(TIMEOUT_S)
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def second_process(
+    database_url: str, redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[str]:
+    """Another gateway process on the same database and Redis; yields its WebSocket URL."""
+    port = free_port()
+    log = (tmp_path / "gateway-b.log").open("wb")
+    env = gateway_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_server.url,
+        SECRET_KEY=TEST_SECRET,
+        PORT=str(port),
+        HOST="127.0.0.1",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--no-migrate", env=env, stdout=log, stderr=log
+    )
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+
+            async def ready() -> bool:
+                try:
+                    return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, timeout=TIMEOUT_S * 3, what="the second gateway process")
+        yield f"ws://127.0.0.1:{port}/v1/ws"
+    finally:
+        process.terminate()
+        async with asyncio.timeout(TIMEOUT_S * 2):
+            await process.wait()
+        log.close()

@@ -119,3 +119,13 @@ def sample(text: str, name: str, **labels: str) -> float:
     match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
     assert match is not None, f"{series} not in /metrics"
     return float(match[1])
+
+
+# Variables the gateway reads; the tests' processes get only what each test sets.
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+
+
+def gateway_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(values)
+    return env

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,19 +15,10 @@ import jwt
 import pytest
 
 from gateway.auth import AUDIENCE
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import SettingsError, load_settings
 from storage.changes import Mutation, ThreadData, apply_mutations, current_version
 from storage.database import connect
-from tests.support import TEST_SECRET, TIMEOUT_S, eventually, free_port
-
-# Variables the gateway reads; the tests' processes get only what each test sets.
-SETTING_NAMES = {name.upper() for name in Settings.model_fields}
-
-
-def gateway_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
-    env.update(values)
-    return env
+from tests.support import SETTING_NAMES, TEST_SECRET, TIMEOUT_S, eventually, free_port, gateway_env
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -19,55 +14,17 @@ from protocol.codec import encode
 from protocol.frames import ChatDelta
 from tests.conftest import RedisServer
 from tests.support import (
-    TEST_SECRET,
     TIMEOUT_S,
     eventually,
-    free_port,
     make_settings,
     serve_gateway,
 )
-from tests.test_cli import gateway_env
 from tests.wsclient import expect_presence, expect_silence, patient_token, recv, session
 
 
 def delta(patient: uuid.UUID, seq: int) -> ChatDelta:
     ids = uuid.UUID(int=1)
     return ChatDelta(patient_id=patient, thread_id=ids, response_id=ids, seq=seq, delta="w ")
-
-
-@pytest.fixture
-async def second_process(
-    database_url: str, redis_server: RedisServer, tmp_path: Path
-) -> AsyncIterator[str]:
-    """Another gateway process on the same database and Redis; yields its WebSocket URL."""
-    port = free_port()
-    log = (tmp_path / "gateway-b.log").open("wb")
-    env = gateway_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_server.url,
-        SECRET_KEY=TEST_SECRET,
-        PORT=str(port),
-        HOST="127.0.0.1",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--no-migrate", env=env, stdout=log, stderr=log
-    )
-    try:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
-
-            async def ready() -> bool:
-                try:
-                    return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(ready, timeout=TIMEOUT_S * 3, what="the second gateway process")
-        yield f"ws://127.0.0.1:{port}/v1/ws"
-    finally:
-        process.terminate()
-        async with asyncio.timeout(TIMEOUT_S * 2):
-            await process.wait()
-        log.close()
 
 
 async def test_frames_reach_every_socket_of_the_patient_on_both_processes_once_in_order(
