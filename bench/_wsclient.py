@@ -11,6 +11,8 @@ import os
 import struct
 from collections.abc import Callable
 
+from websockets.speedups import apply_mask
+
 PING, PONG, CLOSE, TEXT = 0x9, 0xA, 0x8, 0x1
 
 
@@ -77,6 +79,19 @@ class ClientProtocol(asyncio.Protocol):
                 self.transport.write(bytes([0x80 | PONG, 0x80 | length]) + mask + payload)
             offset = end
         self.buffer = buffer[offset:]
+
+    def send_text(self, text: bytes) -> None:
+        """One masked text frame (client frames must be masked)."""
+        assert self.transport is not None
+        mask = os.urandom(4)
+        length = len(text)
+        if length < 126:
+            head = bytes([0x80 | TEXT, 0x80 | length])
+        elif length < 1 << 16:
+            head = bytes([0x80 | TEXT, 0x80 | 126]) + struct.pack(">H", length)
+        else:
+            head = bytes([0x80 | TEXT, 0x80 | 127]) + struct.pack(">Q", length)
+        self.transport.write(head + mask + apply_mask(text, mask))
 
     def close(self) -> None:
         if self.transport is not None:

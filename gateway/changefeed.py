@@ -2,7 +2,7 @@
 then publish the committed changes as one `sync.delta` on the patient's topic.
 
 Publishing happens after the commit, under a per-patient advisory lock held from before
-the write until the publish returns: two writers of one patient (on any processes)
+the write until after the publish: two writers of one patient (on any processes)
 commit and publish in the same order, so every socket sees the patient's deltas in
 version order. If the broker is down, the changes are stored all the same; sockets get
 `sync.version` when the link recovers and pull what they missed.
@@ -25,10 +25,6 @@ from storage.changes import Mutation, WriteResult, apply_mutations
 log = logging.getLogger(__name__)
 
 
-def _lock_key(patient_id: UUID) -> int:
-    return int.from_bytes(patient_id.bytes[:8], "big", signed=True)
-
-
 async def write_changes(
     runtime: Runtime,
     patient_id: UUID,
@@ -38,23 +34,22 @@ async def write_changes(
     origin: float | None = None,
 ) -> WriteResult:
     origin = origin or time.time()
-    key = _lock_key(patient_id)
+    # The patient's lock is held from before the write until the connection returns to
+    # the pool, after the publish (see apply_mutations).
     async with runtime.pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", key)
-        try:
-            result = await apply_mutations(conn, patient_id, mutations, device_id=device_id)
-            if result.changes:
-                delta = SyncDelta(
-                    patient_id=patient_id,
-                    version=result.version,
-                    changes=[wire_change(c) for c in result.changes],
-                )
-                try:
-                    await runtime.hub.publish(patient_topic(patient_id), delta, origin)
-                except BrokerUnavailable:
-                    pass  # stored; clients catch up through sync.version and sync.pull
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        result = await apply_mutations(
+            conn, patient_id, mutations, device_id=device_id, hold_until_release=True
+        )
+        if result.changes:
+            delta = SyncDelta(
+                patient_id=patient_id,
+                version=result.version,
+                changes=[wire_change(c) for c in result.changes],
+            )
+            try:
+                await runtime.hub.publish(patient_topic(patient_id), delta, origin)
+            except BrokerUnavailable:
+                pass  # stored; clients catch up through sync.version and sync.pull
     return result
 
 

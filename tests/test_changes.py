@@ -20,7 +20,7 @@ from storage.changes import (
     changes_since,
     current_version,
 )
-from storage.database import connect
+from storage.database import connect, create_pool
 
 
 def new_thread(title: str = "Back pain", mutation_id: str | None = None) -> Mutation:
@@ -224,3 +224,31 @@ async def test_changes_since_pages_with_has_more_over_the_key_index(
         3,
     )
     assert "Index Scan using changes_pkey" in "\n".join(r[0] for r in plan)
+
+
+async def test_a_held_write_keeps_the_patients_writers_waiting_until_release(
+    database_url: str,
+) -> None:
+    """hold_until_release: the next writer of the patient proceeds only once the first
+    connection is back in the pool (whose reset drops the advisory lock)."""
+    patient = uuid.uuid4()
+    pool = await create_pool(database_url, min_size=2, max_size=2)
+    try:
+        first = await pool.acquire()
+        await apply_mutations(first, patient, [new_thread("a")], hold_until_release=True)
+
+        async def second_writer() -> int:
+            async with pool.acquire() as conn:
+                result = await apply_mutations(
+                    conn, patient, [new_thread("b")], hold_until_release=True
+                )
+                return result.version
+
+        waiting = asyncio.create_task(second_writer())
+        done, _ = await asyncio.wait({waiting}, timeout=0.3)
+        assert not done  # blocked behind the first writer's lock, though it committed
+        await pool.release(first)
+        async with asyncio.timeout(10):
+            assert await waiting == 2
+    finally:
+        await pool.close()
