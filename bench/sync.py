@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from bench._harness import SECRET, gateways, percentile, services
+from bench._harness import SECRET, cpu_seconds, gateways, machine_busy, percentile, services
 from bench._wsclient import ClientProtocol, open_client
 from gateway.auth import issue_token
 
@@ -82,7 +82,7 @@ class Receiver:
 
 
 async def run(dsn: str, redis_url: str) -> None:
-    async with gateways(2, dsn, redis_url) as [(_, port_a), (_, port_b)]:
+    async with gateways(2, dsn, redis_url) as [(pid_a, port_a), (pid_b, port_b)]:
         pushers, receivers = [], []
         for _ in range(PATIENTS):
             patient = uuid.uuid4()
@@ -142,13 +142,20 @@ async def run(dsn: str, redis_url: str) -> None:
                 pusher.acks.clear()
                 await pusher.acks.wait()
 
+        cpu_before = [cpu_seconds(pid_a), cpu_seconds(pid_b)]
+        machine_before = machine_busy()
         started = time.perf_counter()
         await asyncio.gather(*(saturate(p) for p in pushers))
         elapsed = time.perf_counter() - started
         acked = sum(p.acked for p in pushers) - before
+        cpu_a = (cpu_seconds(pid_a) - cpu_before[0]) * 1e6 / max(acked, 1)
+        cpu_b = (cpu_seconds(pid_b) - cpu_before[1]) * 1e6 / max(acked, 1)
+        busy = (machine_busy() - machine_before) / elapsed / (os.cpu_count() or 1)
         print(
             f"(b) sustained: {acked / elapsed:,.0f} mutations/s acked "
-            f"({PATIENTS} pushers, {WINDOW} pushes in flight each, 1 mutation per push)"
+            f"({PATIENTS} pushers, {WINDOW} pushes in flight each, 1 mutation per push); "
+            f"gateway CPU per mutation: pushing process {cpu_a:.0f} µs, relaying process "
+            f"{cpu_b:.0f} µs; machine {busy:.0%} busy"
         )
 
 

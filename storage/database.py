@@ -42,13 +42,24 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    # What a connection can carry back to the pool here is an advisory lock (the change
+    # log's patient lock is released this way, see apply_mutations); the gateway uses no
+    # cursors, LISTEN or session settings, so asyncpg's fuller default reset is not needed.
+    await conn.execute("SELECT pg_advisory_unlock_all()")
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
     """A pool whose connections speak jsonb as Python values and vector as lists of floats.
 
     The schema must be migrated first: the vector type is looked up on connect.
     """
     pool: Pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_reset_connection,
     )
     return pool
 
