@@ -7,19 +7,17 @@ are not affected): versions start at 1 and rise by exactly 1, and a rolled-back 
 leaves no gap. A mutation whose `(device_id, mutation_id)` was applied before is reported
 as a duplicate and changes nothing.
 
-A rejected mutation writes nothing: each write statement either applies fully or
-matches no row, and only then are read-only queries run to name the reason.
+A rejected mutation writes nothing: each write either applies fully or matches no row,
+and only then are read-only queries run to name the reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
-
-import asyncpg
 
 from protocol.codes import ErrorCode
 from storage.database import Connection
@@ -108,9 +106,8 @@ async def apply_mutations(
 ) -> WriteResult:
     """Apply `mutations` in order for one patient; one result per mutation, same order.
 
-    Round trips: one to lock the patient (and note the device and which mutation ids it
-    already applied), then one per mutation — the write, its change row and the version
-    bump are a single statement.
+    One round trip: the SQL function `painar_apply_mutations` (sql/0002) locks the
+    patient's row, applies each mutation and appends its change, atomically.
 
     With `hold_until_release`, the patient's writers stay serialised past the commit: a
     session-level advisory lock on the patient is taken first and released only when the
@@ -118,240 +115,64 @@ async def apply_mutations(
     and a connection whose reset fails is closed). What the caller does after the commit
     — publishing the changes — then happens in version order across processes.
     """
-    keys = [m.mutation_id for m in mutations if m.mutation_id is not None]
-    async with conn.transaction():
-        prelude = await conn.fetchrow(
-            """
-            WITH l AS MATERIALIZED (
-                SELECT CASE WHEN $4::bigint IS NULL THEN NULL
-                            ELSE pg_advisory_lock($4::bigint) END AS held
-            ), p AS (
-                -- FROM l: the advisory lock is taken before the patient's row lock.
-                INSERT INTO patients AS p (id) SELECT $1 FROM l
-                ON CONFLICT (id) DO UPDATE SET id = p.id
-                RETURNING p.sync_version
-            ), d AS (
-                INSERT INTO devices (patient_id, device_id)
-                SELECT $1, $2::text FROM p WHERE $2::text IS NOT NULL
-                ON CONFLICT (patient_id, device_id) DO UPDATE SET last_seen = now()
-            )
-            SELECT (SELECT sync_version FROM p) AS version,
-                   array(SELECT mutation_id FROM changes
-                         WHERE patient_id = $1 AND device_id = $2::text
-                           AND mutation_id = ANY($3::text[]) ORDER BY version) AS keys,
-                   array(SELECT version FROM changes
-                         WHERE patient_id = $1 AND device_id = $2::text
-                           AND mutation_id = ANY($3::text[]) ORDER BY version) AS versions
-            """,
-            patient_id,
-            device_id,
-            keys if device_id is not None else [],
-            patient_lock_key(patient_id) if hold_until_release else None,
+    payload: list[dict[str, Any]] = []
+    early: dict[int, Rejected] = {}  # refused before reaching the database
+    for n, m in enumerate(mutations):
+        data = _payload_data(m)
+        if isinstance(data, Rejected):
+            early[n] = data
+            continue
+        payload.append(
+            {"entity": m.entity, "op": m.op, "id": m.id, "mutation_id": m.mutation_id, "data": data}
         )
-        assert prelude is not None
-        version: int = prelude["version"]
-        seen: dict[str, int] = dict(zip(prelude["keys"], prelude["versions"], strict=True))
-        result = WriteResult(version=version)
-        for mutation in mutations:
-            key = mutation.mutation_id if device_id is not None else None
-            if key is not None and key in seen:
-                result.results.append(Duplicate(seen[key]))
-                continue
-            log = (
-                patient_id,
-                version + 1,
-                mutation.entity,
-                mutation.op,
-                mutation.id,
-                device_id,
-                key,
-            )
-            outcome = await _apply_one(conn, log, mutation)
-            if isinstance(outcome, Rejected):
-                result.results.append(outcome)
-                continue
-            version += 1
-            if key is not None:
-                seen[key] = version
+    rows = await conn.fetch(
+        "SELECT * FROM painar_apply_mutations($1, $2, $3, $4)",
+        patient_id,
+        device_id,
+        patient_lock_key(patient_id) if hold_until_release else None,
+        payload,
+    )
+    *outcomes, end = rows
+    result = WriteResult(version=end["latest"])
+    from_database = iter(outcomes)
+    for n, m in enumerate(mutations):
+        if n in early:
+            result.results.append(early[n])
+            continue
+        row = next(from_database)
+        if row["outcome"] == "duplicate":
+            result.results.append(Duplicate(row["version"]))
+        elif row["outcome"] == "rejected":
+            result.results.append(Rejected(ErrorCode(row["code"]), row["message"]))
+        else:
+            key = m.mutation_id if device_id is not None else None
             change = Change(
-                version,
-                mutation.entity,
-                mutation.op,
-                mutation.id,
-                outcome["data"],
-                device_id,
-                key,
-                outcome["at"],
+                row["version"], m.entity, m.op, m.id, row["data"], device_id, key, row["at"]
             )
             result.results.append(Applied(change))
-        result.version = version
-        return result
+    return result
 
 
-# Appended to each write, whose rows are the CTE `w`: the change row (with the entity's
-# new state as data) and the patient's version, in the same statement. $1-$7 are the
-# change's patient, version, entity, op, entity id, device and mutation id; the write's
-# own parameters start at $8. Nothing is logged when `w` matched no row.
-_LOGGED = """
-, c AS (
-    INSERT INTO changes
-        (patient_id, version, entity, op, entity_id, data, device_id, mutation_id)
-    SELECT $1, $2, $3, $4, $5, {data}, $6, $7 FROM w
-    RETURNING data, at
-), v AS (
-    UPDATE patients SET sync_version = $2 WHERE id = $1 AND EXISTS (SELECT 1 FROM c)
-)
-SELECT data, at FROM c
-"""
-_UPSERTED = _LOGGED.format(data="to_jsonb(w)")
-_DELETED = _LOGGED.format(data="NULL::jsonb")
-
-Log = tuple[UUID, int, str, str, UUID, str | None, str | None]
-Written = asyncpg.Record
-
-
-async def _apply_one(conn: Connection, log: Log, m: Mutation) -> Written | Rejected:
-    """Write one mutation with its change row; the row's data and time, or why not."""
-    patient_id = log[0]
+def _payload_data(m: Mutation) -> dict[str, Any] | None | Rejected:
+    if m.op == "delete":
+        return None
     if m.entity == "thread":
-        if m.op == "delete":
-            return await _delete_thread(conn, log, m.id)
         if not isinstance(m.data, ThreadData):
             return Rejected(ErrorCode.INVALID, "data: a thread upsert needs thread data")
-        return await _upsert_thread(conn, log, m.id, m.data)
-    if m.op == "delete":
-        return await _delete_message(conn, log, m.id)
+        return {"title": m.data.title}
     if not isinstance(m.data, MessageData):
         return Rejected(ErrorCode.INVALID, "data: a message upsert needs message data")
-    return await _upsert_message(conn, log, patient_id, m.id, m.data)
-
-
-async def _upsert_thread(
-    conn: Connection, log: Log, thread_id: UUID, data: ThreadData
-) -> Written | Rejected:
-    row = await conn.fetchrow(
-        """
-        WITH w AS (
-            INSERT INTO threads AS t (id, patient_id, title) VALUES ($8, $1, $9)
-            ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, updated_at = now()
-                WHERE t.patient_id = EXCLUDED.patient_id AND NOT t.deleted
-            RETURNING title, created_at, updated_at
-        )"""
-        + _UPSERTED,
-        *log,
-        thread_id,
-        data.title,
-    )
-    if row is None:
-        return await _why_thread_unwritable(conn, log[0], thread_id)
-    return row
-
-
-async def _delete_thread(conn: Connection, log: Log, thread_id: UUID) -> Written | Rejected:
-    # Deleting a thread deletes its messages and their memories; no separate changes are
-    # logged for them, replicas apply the thread's delete to its messages.
-    row = await conn.fetchrow(
-        """
-        WITH w AS (
-            UPDATE threads SET deleted = true, updated_at = now()
-            WHERE id = $8 AND patient_id = $1
-            RETURNING id
-        ), gone AS (
-            UPDATE messages SET deleted = true, updated_at = now()
-            WHERE thread_id IN (SELECT id FROM w) AND NOT deleted
-            RETURNING id
-        ), forgotten AS (
-            DELETE FROM memories WHERE message_id IN (SELECT id FROM gone)
-        )"""
-        + _DELETED,
-        *log,
-        thread_id,
-    )
-    if row is None:
-        owner = await conn.fetchval("SELECT patient_id FROM threads WHERE id = $1", thread_id)
-        if owner is None:
-            return Rejected(ErrorCode.NOT_FOUND, "id: no such thread")
-        return Rejected(ErrorCode.FORBIDDEN, "id: the thread belongs to another patient")
-    return row
-
-
-async def _why_thread_unwritable(conn: Connection, patient_id: UUID, thread_id: UUID) -> Rejected:
-    row = await conn.fetchrow("SELECT patient_id, deleted FROM threads WHERE id = $1", thread_id)
-    if row is None:
-        return Rejected(ErrorCode.NOT_FOUND, "thread_id: no such thread")
-    if row["patient_id"] != patient_id:
-        return Rejected(ErrorCode.FORBIDDEN, "thread_id: the thread belongs to another patient")
-    return Rejected(ErrorCode.CONFLICT, "thread_id: the thread was deleted")
-
-
-async def _upsert_message(
-    conn: Connection, log: Log, patient_id: UUID, message_id: UUID, data: MessageData
-) -> Written | Rejected:
-    # Inserted only into a live thread of this patient; an existing message may change its
-    # content and body-map path, never its owner, thread or role.
-    row = await conn.fetchrow(
-        """
-        WITH w AS (
-            INSERT INTO messages AS m
-                (id, patient_id, thread_id, role, content, svg_path, source, device_id,
-                 created_at)
-            SELECT $8, $1, $9, $10, $11, $12, $13, $6, coalesce($14, now())
-            WHERE EXISTS (SELECT 1 FROM threads WHERE id = $9 AND patient_id = $1 AND NOT deleted)
-            ON CONFLICT (id) DO UPDATE
-                SET content = EXCLUDED.content, svg_path = EXCLUDED.svg_path, updated_at = now()
-                WHERE m.patient_id = EXCLUDED.patient_id AND m.thread_id = EXCLUDED.thread_id
-                  AND m.role = EXCLUDED.role AND NOT m.deleted
-            RETURNING thread_id, role, content, svg_path, source, device_id, created_at,
-                      updated_at
-        )"""
-        + _UPSERTED,
-        *log,
-        message_id,
-        data.thread_id,
-        data.role,
-        data.content,
-        data.svg_path,
-        data.source,
-        data.created_at,
-    )
-    if row is not None:
-        return row
-    existing = await conn.fetchrow(
-        "SELECT patient_id, thread_id, role, deleted FROM messages WHERE id = $1", message_id
-    )
-    if existing is None:
-        return await _why_thread_unwritable(conn, patient_id, data.thread_id)
-    if existing["patient_id"] != patient_id:
-        return Rejected(ErrorCode.FORBIDDEN, "id: the message belongs to another patient")
-    if existing["deleted"]:
-        return Rejected(ErrorCode.CONFLICT, "id: the message was deleted")
-    if existing["thread_id"] != data.thread_id:
-        return Rejected(ErrorCode.CONFLICT, "thread_id: the message belongs to another thread")
-    if existing["role"] != data.role:
-        return Rejected(ErrorCode.CONFLICT, "role: a message's role cannot change")
-    return await _why_thread_unwritable(conn, patient_id, data.thread_id)
-
-
-async def _delete_message(conn: Connection, log: Log, message_id: UUID) -> Written | Rejected:
-    row = await conn.fetchrow(
-        """
-        WITH w AS (
-            UPDATE messages SET deleted = true, updated_at = now()
-            WHERE id = $8 AND patient_id = $1
-            RETURNING id
-        ), forgotten AS (
-            DELETE FROM memories WHERE message_id IN (SELECT id FROM w)
-        )"""
-        + _DELETED,
-        *log,
-        message_id,
-    )
-    if row is None:
-        owner = await conn.fetchval("SELECT patient_id FROM messages WHERE id = $1", message_id)
-        if owner is None:
-            return Rejected(ErrorCode.NOT_FOUND, "id: no such message")
-        return Rejected(ErrorCode.FORBIDDEN, "id: the message belongs to another patient")
-    return row
+    created_at = m.data.created_at
+    if created_at is not None and created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)  # a time without a zone is UTC
+    return {
+        "thread_id": m.data.thread_id,
+        "role": m.data.role,
+        "content": m.data.content,
+        "svg_path": m.data.svg_path,
+        "source": m.data.source,
+        "created_at": created_at,
+    }
 
 
 def patient_lock_key(patient_id: UUID) -> int:
