@@ -4,7 +4,8 @@ One subscriber connection per process carries every topic this process has local
 listeners for, plus a private control channel that keeps the connection subscribed (and
 so readable) while no topic is. When the connection drops, a reconnect loop backs off,
 resubscribes every topic and reports the recovery, so sessions can tell their clients to
-catch up from PostgreSQL. Publishing uses the client's own connection pool.
+catch up from PostgreSQL. Publishing goes through one pipelined connection of its own
+(gateway/broker/publisher.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from gateway.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
+from gateway.broker.publisher import Publisher, PublishFailed
 from gateway.metrics import BROKER_PUBLISH_FAILURES
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ class RedisBroker:
     name = "redis"
 
     def __init__(self, url: str) -> None:
-        self._client = redis_client(url)
+        self._client = redis_client(url)  # subscriptions and pings
+        self._publisher = Publisher(url)
         self._control = f"painar:gateway:{uuid.uuid4()}"
         self._topics: set[str] = set()
         self._confirmations: dict[str, asyncio.Future[None]] = {}
@@ -64,12 +67,13 @@ class RedisBroker:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        await self._publisher.close()
         await self._client.aclose()
 
     async def publish(self, topic: str, message: bytes) -> None:
         try:
-            await self._client.publish(topic, message)
-        except (RedisError, OSError) as exc:
+            await self._publisher.publish(topic, message)
+        except (PublishFailed, OSError, TimeoutError) as exc:
             BROKER_PUBLISH_FAILURES.labels(self.name).inc()
             log.warning("redis publish failed: %s", type(exc).__name__)
             raise BrokerUnavailable("redis") from exc
