@@ -128,3 +128,29 @@ async def test_devices_complete_after_redis_restarts(
                 assert replica.seen == set(range(1, 21))
                 assert replica.threads == {thread: ("title 19", False)}
             assert reader.pulls >= 1  # the missed deltas came through sync.version + pull
+
+
+async def test_a_push_on_one_process_reaches_a_device_on_the_other(
+    database_url: str, redis_server: RedisServer, second_process: str
+) -> None:
+    patient = uuid.uuid4()
+    thread = str(uuid.uuid4())
+    async with serve_gateway(make_settings(redis_url=redis_server.url), database_url) as first:
+        async with (
+            session(first.ws_url, patient_token(patient, "headset")) as (a, _),
+            session(second_process, patient_token(patient, "phone")) as (b, _),
+        ):
+            for n, title in enumerate(["first", "second"], start=1):
+                mutation = {
+                    "mutation_id": f"m{n}",
+                    "entity": "thread",
+                    "op": "upsert",
+                    "id": thread,
+                    "data": {"title": title},
+                }
+                await send(a, {"type": "sync.push", "id": f"p{n}", "mutations": [mutation]})
+                delta = await recv(b, skip=("presence",))
+                assert delta["type"] == "sync.delta" and delta["version"] == n
+                (change,) = delta["changes"]
+                assert (change["version"], change["data"]["title"]) == (n, title)
+                assert (change["device_id"], change["mutation_id"]) == ("headset", f"m{n}")
