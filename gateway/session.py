@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
+from typing import Any
+from uuid import UUID
 
 from starlette.websockets import WebSocket
 
@@ -108,12 +111,16 @@ class Session:
 
     async def _send_sync_version(self) -> None:
         assert self.identity.patient_id is not None
-        async with self.runtime.pool.acquire() as conn:
-            version = await current_version(conn, self.identity.patient_id)
+        version = await self._sync_version(self.identity.patient_id)
         self.send(SyncVersion(patient_id=self.identity.patient_id, version=version))
 
-    def spawn(self, work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    async def _sync_version(self, patient_id: UUID) -> int:
+        async with self.runtime.pool.acquire() as conn:
+            return await current_version(conn, patient_id)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work that outlives its frame; the drain waits for it."""
+        task = asyncio.create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -157,8 +164,7 @@ class Session:
         identity, runtime = self.identity, self.runtime
         sync_version = None
         if identity.patient_id is not None:
-            async with runtime.pool.acquire() as conn:
-                sync_version = await current_version(conn, identity.patient_id)
+            sync_version = await self._sync_version(identity.patient_id)
         self.send(
             SessionReady(
                 session_id=self.id,
