@@ -1,0 +1,120 @@
+"""Memories: one embedding per message, and retrieval of a patient's nearest ones.
+
+Retrieval is always filtered by the patient's id in SQL, whatever the strategy, so no
+input can return another patient's memory. Two strategies:
+
+- exact: the patient's own rows (btree on patient_id), every distance computed. Exact and
+  cheap while a patient has few memories, which is most patients.
+- approximate: the HNSW index with pgvector's iterative scan (0.8+), which keeps scanning
+  until enough rows pass the patient filter — without it, a patient with few memories
+  among many other patients' would get fewer than k results.
+
+`nearest_memories` picks exact search up to `exact_limit` memories of the patient. Why not
+HNSW for everyone: with 10 memories of a patient far from 20,000 nearer memories of
+others, the iterative scan found all 10 only in some runs (the graph reaches a small,
+distant cluster unreliably, even allowed 200,000 tuples and 16 × work_mem). The default
+limit is provisional: the issue's benchmark of exact against HNSW is to set it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from storage.database import Connection
+
+DEFAULT_K = 6
+DEFAULT_EXACT_LIMIT = 5000
+HNSW_EF_SEARCH = 100
+HNSW_MAX_SCAN_TUPLES = 200_000
+# An iterative scan stops when it has used this many times work_mem, found or not.
+HNSW_SCAN_MEM_MULTIPLIER = 16
+
+
+@dataclass(frozen=True)
+class Memory:
+    message_id: UUID
+    role: str
+    content: str
+    created_at: datetime
+    similarity: float  # cosine similarity, 1 = same direction
+
+
+async def store_memory(
+    conn: Connection, patient_id: UUID, message_id: UUID, embedding: Sequence[float]
+) -> None:
+    """Store (or replace) the embedding of one of the patient's messages."""
+    await conn.execute(
+        """
+        INSERT INTO memories (message_id, patient_id, embedding) VALUES ($1, $2, $3)
+        ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding
+        """,
+        message_id,
+        patient_id,
+        list(embedding),
+    )
+
+
+_SELECT = """
+    SELECT m.message_id, ms.role, ms.content, ms.created_at,
+           1 - (m.embedding <=> $2) AS similarity
+    FROM memories m JOIN messages ms ON ms.id = m.message_id
+    WHERE m.patient_id = $1 AND NOT ms.deleted AND ms.id <> ALL($4::uuid[])
+"""
+
+# `+ 0` makes the ordering an expression the HNSW index cannot serve: the planner then
+# reads the patient's rows through the btree and sorts them (exact search).
+_EXACT = _SELECT + "ORDER BY (m.embedding <=> $2) + 0 LIMIT $3"
+# With iterative scan the index may return rows slightly out of order; sort them again.
+_APPROXIMATE = (
+    "SELECT * FROM (" + _SELECT + "ORDER BY m.embedding <=> $2 LIMIT $3) nearest "
+    "ORDER BY similarity DESC"
+)
+
+
+async def nearest_memories(
+    conn: Connection,
+    patient_id: UUID,
+    embedding: Sequence[float],
+    *,
+    k: int = DEFAULT_K,
+    min_similarity: float = 0.0,
+    exclude: Sequence[UUID] = (),
+    exact_limit: int = DEFAULT_EXACT_LIMIT,
+) -> list[Memory]:
+    """The patient's `k` memories most similar to `embedding` (at least `min_similarity`),
+    most similar first, leaving out the messages in `exclude`."""
+    query = list(embedding)
+    count = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM memories WHERE patient_id = $1 LIMIT $2) few",
+        patient_id,
+        exact_limit + 1,
+    )
+    args = (patient_id, query, k, list(exclude))
+    if count <= exact_limit:
+        rows = await conn.fetch(_EXACT, *args)
+    else:
+        async with conn.transaction():
+            # Iterative scan came with pgvector 0.8; older servers lack the settings.
+            await conn.execute(
+                """
+                SELECT set_config('hnsw.ef_search', $1, true),
+                       CASE WHEN current_setting('hnsw.iterative_scan', true) IS NOT NULL
+                            THEN set_config('hnsw.iterative_scan', 'relaxed_order', true) END,
+                       CASE WHEN current_setting('hnsw.max_scan_tuples', true) IS NOT NULL
+                            THEN set_config('hnsw.max_scan_tuples', $2, true) END,
+                       CASE WHEN current_setting('hnsw.scan_mem_multiplier', true) IS NOT NULL
+                            THEN set_config('hnsw.scan_mem_multiplier', $3, true) END
+                """,
+                str(max(HNSW_EF_SEARCH, k)),
+                str(HNSW_MAX_SCAN_TUPLES),
+                str(HNSW_SCAN_MEM_MULTIPLIER),
+            )
+            rows = await conn.fetch(_APPROXIMATE, *args)
+    return [
+        Memory(r["message_id"], r["role"], r["content"], r["created_at"], r["similarity"])
+        for r in rows
+        if r["similarity"] >= min_similarity
+    ]
