@@ -1,0 +1,94 @@
+"""A local HTTP server speaking the OpenAI wire format, so the real `openai` client runs end
+to end in tests: streamed chat completions (SSE chunks, a usage chunk, `data: [DONE]`) and
+embeddings. Tests tell it how to behave: tokens, delays, failures, cut streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.providers.offline import embed
+
+
+@dataclass
+class Behaviour:
+    tokens: list[str] = field(default_factory=lambda: ["Hello", ",", " there", "."])
+    first_token_delay_s: float = 0.0
+    token_delay_s: float = 0.0
+    fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
+    cut_after: int | None = None  # drop the connection after this many tokens
+    requests: list[dict[str, object]] = field(default_factory=list)
+
+
+def fake_openai_app(behaviour: Behaviour) -> Starlette:
+    async def chat(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        behaviour.requests.append(body)
+        if behaviour.fail_with:
+            status = behaviour.fail_with.pop(0)
+            return JSONResponse(
+                {"error": {"message": "fake failure", "type": "server_error"}}, status
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            base = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body["model"],
+            }
+            await asyncio.sleep(behaviour.first_token_delay_s)
+            for n, token in enumerate(behaviour.tokens):
+                if behaviour.cut_after is not None and n >= behaviour.cut_after:
+                    raise ConnectionResetError("cut by the test")
+                if n:
+                    await asyncio.sleep(behaviour.token_delay_s)
+                chunk = {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}],
+                }
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield b"data: " + orjson.dumps(done) + b"\n\n"
+            usage = {
+                "prompt_tokens": 11,
+                "completion_tokens": len(behaviour.tokens),
+                "total_tokens": 11 + len(behaviour.tokens),
+            }
+            yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        behaviour.requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dim = int(body.get("dimensions") or 1536)
+        data = [
+            {"object": "embedding", "index": i, "embedding": embed(text, dim)}
+            for i, text in enumerate(inputs)
+        ]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+        ]
+    )

@@ -1,0 +1,90 @@
+"""The OpenAI-compatible providers through the real `openai` client, against a local
+server that speaks the OpenAI wire format."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+
+from gateway.providers.openai_compat import (
+    ChatChunk,
+    EmbeddingSizeMismatch,
+    OpenAIChat,
+    OpenAIEmbedder,
+    make_client,
+)
+from gateway.server import GatewayServer, uvicorn_config
+from tests.fake_openai import Behaviour, fake_openai_app
+from tests.support import TIMEOUT_S, eventually, make_settings
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[openai.AsyncOpenAI, Behaviour]]:
+    behaviour = Behaviour()
+    app = fake_openai_app(behaviour)
+    server = GatewayServer(uvicorn_config(app, make_settings(), "127.0.0.1", 0), app)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    await eventually(started, what="the fake OpenAI server")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    client = make_client(None, f"http://127.0.0.1:{port}/v1")
+    try:
+        yield client, behaviour
+    finally:
+        await client.close()
+        server.should_exit = True
+        async with asyncio.timeout(TIMEOUT_S):
+            await task
+
+
+async def collect(chat: OpenAIChat) -> list[ChatChunk]:
+    return [c async for c in chat.stream([{"role": "user", "content": "My knee hurts"}])]
+
+
+async def test_a_streamed_reply_arrives_in_order_with_its_finish_reason_and_usage(
+    upstream: tuple[openai.AsyncOpenAI, Behaviour],
+) -> None:
+    client, behaviour = upstream
+    chat = OpenAIChat(client, "gpt-4o-mini")
+    chunks = await collect(chat)
+    assert "".join(c.delta for c in chunks) == "Hello, there."
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert chunks[-1].usage == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+    request = behaviour.requests[-1]
+    assert request["stream"] is True and request["model"] == "gpt-4o-mini"
+    assert request["messages"] == [{"role": "user", "content": "My knee hurts"}]
+
+
+async def test_upstream_failures_surface_as_the_clients_errors(
+    upstream: tuple[openai.AsyncOpenAI, Behaviour],
+) -> None:
+    client, behaviour = upstream
+    chat = OpenAIChat(client, "gpt-4o-mini")
+    behaviour.fail_with = [429]
+    with pytest.raises(openai.RateLimitError):
+        await collect(chat)
+    behaviour.fail_with = [500]
+    with pytest.raises(openai.InternalServerError):
+        await collect(chat)
+    behaviour.cut_after = 2
+    with pytest.raises(openai.APIError):
+        await collect(chat)
+
+
+async def test_embeddings_come_back_in_input_order_with_the_configured_size(
+    upstream: tuple[openai.AsyncOpenAI, Behaviour],
+) -> None:
+    client, behaviour = upstream
+    embedder = OpenAIEmbedder(client, "text-embedding-3-small", 256)
+    first, second = await embedder.embed(["knee pain", "back pain"])
+    assert len(first) == len(second) == 256 and first != second
+    assert behaviour.requests[-1]["dimensions"] == 256
+    legacy = OpenAIEmbedder(client, "text-embedding-ada-002", 256)
+    with pytest.raises(EmbeddingSizeMismatch, match="VECTOR_DIM is 256"):
+        await legacy.embed(["knee pain"])  # no `dimensions` sent: the server's 1536 come back
