@@ -1,0 +1,76 @@
+"""The prompt for one reply: who the assistant is, what the patient said before that is
+relevant (with dates), the recent turns of the thread within a budget, and the message,
+with the body-map region when the patient marked one. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from storage.memories import Memory
+
+SYSTEM_PROMPT = """\
+You are PainAR, a supportive companion for people living with pain, speaking with a
+patient through their augmented-reality headset. Be warm, brief and practical: pacing,
+gentle movement, posture, sleep, heat or cold, breathing and relaxation, and how to talk
+with their care team. You do not diagnose and you do not change prescribed treatment;
+say so when asked, and encourage the patient to discuss changes with their clinician.
+
+Urgent care comes first. If the patient describes any red-flag symptom, tell them
+plainly to seek urgent medical care now (emergency services or the nearest emergency
+department) before anything else — for example: loss of bladder or bowel control,
+numbness in the groin or inner thighs (saddle area), chest pain or pressure, sudden
+weakness or numbness in the face, arm or leg, sudden severe headache, fever with back
+pain, pain after a fall or injury with deformity, or thoughts of harming themselves.
+
+Use what the patient told you earlier when it helps, and say when you do. Keep replies
+short enough to read in a headset: a few sentences, plain words."""
+
+CHARS_PER_TOKEN = 4  # a rough measure, enough to keep the prompt within its budget
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+def build_messages(
+    text: str,
+    *,
+    memories: Sequence[Memory] = (),
+    recent: Sequence[Turn] = (),
+    svg_path: str | None = None,
+    budget_tokens: int = 3000,
+) -> list[dict[str, str]]:
+    """Chat messages for the model; `recent` oldest first, the newest kept when trimming."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    if memories:
+        lines = [f"- ({_date(m.created_at)}) {m.content}" for m in memories]
+        messages.append(
+            {
+                "role": "system",
+                "content": "Things the patient said earlier that may be relevant:\n"
+                + "\n".join(lines),
+            }
+        )
+    budget = budget_tokens * CHARS_PER_TOKEN - sum(len(m["content"]) for m in messages)
+    budget -= len(text)
+    kept: list[Turn] = []
+    for turn in reversed(recent):
+        budget -= len(turn.content)
+        if budget < 0:
+            break
+        kept.append(turn)
+    messages += [{"role": t.role, "content": t.content} for t in reversed(kept)]
+    if svg_path:
+        text += (
+            f"\n\n(The patient marked this region on the body map, as SVG path data: {svg_path})"
+        )
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
+def _date(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d")
