@@ -1,4 +1,6 @@
-"""The offline embedder: feature hashing, for runs with no model server configured.
+"""Offline providers, for runs with no model server configured.
+
+The embedder: feature hashing.
 
 Words, word pairs and the character 3- to 5-grams of each word are hashed into
 VECTOR_DIM signed buckets, and the vector is L2-normalised, so cosine similarity reflects
@@ -11,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from gateway.providers.openai_compat import ChatChunk
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _EMPTY = "\x00empty"  # the one feature of a text without words (a zero vector has no angle)
@@ -37,3 +42,49 @@ def embed(text: str, dim: int) -> list[float]:
     if norm == 0.0:  # every feature cancelled another out: any fixed direction will do
         return [1.0] + [0.0] * (dim - 1)
     return [x / norm for x in vector]
+
+
+# ---- the offline responder --------------------------------------------------------------
+
+MEMORY_HEADER = "Things the patient said earlier that may be relevant:"
+NO_MODEL = (
+    "No language model is configured on this gateway, so this is an automatic reply, not advice."
+)
+
+
+def offline_reply(messages: Sequence[Mapping[str, str]]) -> str:
+    """A short reply built from the prompt's retrieved memories, saying plainly that no
+    language model is configured (so a default run still shows the whole pipeline)."""
+    remembered: list[str] = []
+    for message in messages:
+        if message["role"] == "system" and message["content"].startswith(MEMORY_HEADER):
+            lines = message["content"].splitlines()[1:]
+            remembered = [line.removeprefix("- ") for line in lines if line.strip()]
+    parts = [NO_MODEL]
+    if remembered:
+        parts.append("Earlier you mentioned: " + "; ".join(remembered[:3]) + ".")
+    parts.append(
+        "If you have red-flag symptoms such as loss of bladder or bowel control, numbness "
+        "in the groin, chest pain or sudden weakness, seek urgent medical care now."
+    )
+    return " ".join(parts)
+
+
+class OfflineChat:
+    name = "offline"
+
+    async def stream(self, messages: Sequence[Mapping[str, str]]) -> AsyncIterator[ChatChunk]:
+        words = offline_reply(messages).split(" ")
+        for n, word in enumerate(words):
+            yield ChatChunk(word if n == 0 else " " + word)
+        yield ChatChunk(finish_reason="stop")
+
+
+class OfflineEmbedder:
+    name = "offline"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [embed(text, self.dim) for text in texts]
