@@ -20,7 +20,7 @@ HTTP_DURATION = Histogram(
     ["method", "route", "status"],
 )
 WS_CONNECTIONS = Gauge("websocket_connections_open", "Open WebSocket connections", ["role"])
-for _role in ("patient", "clinician", "unauthenticated"):
+for _role in ("patient", "clinician"):
     WS_CONNECTIONS.labels(_role)
 
 UNMATCHED_ROUTE = "<unmatched>"

@@ -77,10 +77,12 @@ class Gateway:
 
 
 @asynccontextmanager
-async def serve_gateway(settings: Settings, database_url: str) -> AsyncIterator[Gateway]:
-    """The app under a real uvicorn on an ephemeral port, in this event loop."""
-    app = create_app(settings, database_url=database_url)
-    server = GatewayServer(uvicorn_config(app, settings, "127.0.0.1", 0), app)
+async def serve_app(
+    app: Starlette, settings: Settings | None = None
+) -> AsyncIterator[tuple[GatewayServer, str]]:
+    """`app` under a real uvicorn on an ephemeral port, in this event loop; yields the
+    server and its base URL."""
+    server = GatewayServer(uvicorn_config(app, settings or make_settings(), "127.0.0.1", 0), app)
     task = asyncio.create_task(server.serve())
 
     async def started() -> bool:
@@ -91,11 +93,19 @@ async def serve_gateway(settings: Settings, database_url: str) -> AsyncIterator[
     await eventually(started, what="uvicorn to start")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", app, server)
+        yield server, f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         async with asyncio.timeout(TIMEOUT_S):
             await task
+
+
+@asynccontextmanager
+async def serve_gateway(settings: Settings, database_url: str) -> AsyncIterator[Gateway]:
+    """The gateway under a real uvicorn on an ephemeral port, in this event loop."""
+    app = create_app(settings, database_url=database_url)
+    async with serve_app(app, settings) as (server, url):
+        yield Gateway(url, app, server)
 
 
 @asynccontextmanager

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,8 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import AUDIENCE
-from gateway.server import GatewayServer, uvicorn_config
-from tests.support import Gateway, eventually, make_settings, serve_gateway
+from tests.support import Gateway, make_settings, serve_app, serve_gateway
 from tests.wsclient import expect_close, open_socket, recv, session
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -49,20 +47,8 @@ async def jwks_url() -> AsyncIterator[str]:
     async def serve_keys(request: Request) -> JSONResponse:
         return JSONResponse(keys)
 
-    app = Starlette(routes=[Route("/jwks.json", serve_keys)])
-    server = GatewayServer(uvicorn_config(app, make_settings(), "127.0.0.1", 0), app)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    await eventually(started, what="the JWKS server")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/jwks.json"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_app(Starlette(routes=[Route("/jwks.json", serve_keys)])) as (_, url):
+        yield f"{url}/jwks.json"
 
 
 @pytest.fixture

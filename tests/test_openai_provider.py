@@ -3,7 +3,6 @@ server that speaks the OpenAI wire format."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import openai
@@ -16,31 +15,19 @@ from gateway.providers.openai_compat import (
     OpenAIEmbedder,
     make_client,
 )
-from gateway.server import GatewayServer, uvicorn_config
 from tests.fake_openai import Behaviour, fake_openai_app
-from tests.support import TIMEOUT_S, eventually, make_settings
+from tests.support import serve_app
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[openai.AsyncOpenAI, Behaviour]]:
     behaviour = Behaviour()
-    app = fake_openai_app(behaviour)
-    server = GatewayServer(uvicorn_config(app, make_settings(), "127.0.0.1", 0), app)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    await eventually(started, what="the fake OpenAI server")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    client = make_client(None, f"http://127.0.0.1:{port}/v1")
-    try:
-        yield client, behaviour
-    finally:
-        await client.close()
-        server.should_exit = True
-        async with asyncio.timeout(TIMEOUT_S):
-            await task
+    async with serve_app(fake_openai_app(behaviour)) as (_, url):
+        client = make_client(None, f"{url}/v1")
+        try:
+            yield client, behaviour
+        finally:
+            await client.close()
 
 
 async def collect(chat: OpenAIChat) -> list[ChatChunk]:
