@@ -19,6 +19,9 @@ from gateway.health import Probe, healthz, readyz
 from gateway.hub import Hub
 from gateway.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
+from gateway.providers import make_models
+from gateway.replies import CANCEL_SIGNAL
+from gateway.rest_chat import chat_endpoint
 from gateway.rest_sync import sync_endpoint
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -52,7 +55,9 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
                 jwks_url=settings.jwks_url,
                 dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
             ),
+            models=make_models(settings),
         )
+        hub.signal_handlers[CANCEL_SIGNAL] = runtime.replies.cancel_signal
 
         probes: dict[str, Probe] = {
             "database": lambda: pool.fetchval("SELECT 1"),
@@ -63,6 +68,8 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
         try:
             yield
         finally:
+            await runtime.replies.close()
+            await runtime.models.close()
             await presence.close()
             await hub.close()
             await pool.close()
@@ -74,6 +81,7 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/sync/", sync_endpoint, methods=["GET", "POST"]),
+            Route("/chat/", chat_endpoint, methods=["POST"]),
         ],
         middleware=[Middleware(HttpMetricsMiddleware)],
         lifespan=lifespan,

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
 from gateway.broker import BrokerUnavailable
 from gateway.hub import patient_topic
 from gateway.runtime import Runtime
-from protocol.frames import Change, SyncDelta
+from protocol.frames import Change, ServerFrame, SyncDelta
 from storage.changes import Change as StoredChange
 from storage.changes import Mutation, WriteResult, apply_mutations
+from storage.database import Connection
+
+# Runs after the commit, still under the patient's lock and on the same connection; the
+# frames it returns are published just before the write's sync.delta.
+AfterCommit = Callable[[Connection, WriteResult], Awaitable[Sequence[ServerFrame]]]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ async def write_changes(
     *,
     device_id: str | None,
     origin: float | None = None,
+    after_commit: AfterCommit | None = None,
 ) -> WriteResult:
     origin = origin or time.time()
     # The patient's lock is held from before the write until the connection returns to
@@ -40,16 +46,21 @@ async def write_changes(
         result = await apply_mutations(
             conn, patient_id, mutations, device_id=device_id, hold_until_release=True
         )
+        frames = list(await after_commit(conn, result)) if after_commit is not None else []
         if result.changes:
-            delta = SyncDelta(
-                patient_id=patient_id,
-                version=result.version,
-                changes=[wire_change(c) for c in result.changes],
+            frames.append(
+                SyncDelta(
+                    patient_id=patient_id,
+                    version=result.version,
+                    changes=[wire_change(c) for c in result.changes],
+                )
             )
-            try:
-                await runtime.hub.publish(patient_topic(patient_id), delta, origin)
-            except BrokerUnavailable:
-                pass  # stored; clients catch up through sync.version and sync.pull
+        topic = patient_topic(patient_id)
+        try:
+            for frame in frames:
+                await runtime.hub.publish(topic, frame, origin)
+        except BrokerUnavailable:
+            pass  # stored; clients catch up through sync.version and sync.pull
     return result
 
 

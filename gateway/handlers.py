@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from gateway.chat import handle_cancel, handle_send
 from gateway.sync import handle_pull, handle_push
 from protocol.frames import ClientFrame, Ping, Pong
 
@@ -21,6 +22,8 @@ async def handle_ping(session: Session, frame: ClientFrame) -> None:
 
 HANDLERS: dict[str, Handler] = {
     "ping": handle_ping,
+    "chat.send": handle_send,
+    "chat.cancel": handle_cancel,
     "sync.push": handle_push,
     "sync.pull": handle_pull,
 }

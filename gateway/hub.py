@@ -52,7 +52,7 @@ class Hub:
         self._topics: dict[str, set[Listener]] = {}
         self._subscribing: dict[str, asyncio.Task[None]] = {}
         # Signals travel like frames but are handled by the process, not sent to sockets.
-        self.signal_handlers: dict[str, Callable[[str], None]] = {}
+        self.signal_handlers: dict[str, Callable[[str, bytes], None]] = {}
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._recovered)
@@ -87,8 +87,8 @@ class Hub:
     async def publish(self, topic: str, frame: ServerFrame, origin: float | None = None) -> None:
         await self.broker.publish(topic, envelope(frame.type, encode(frame), origin))
 
-    async def signal(self, topic: str, name: str) -> None:
-        await self.broker.publish(topic, envelope(name, b""))
+    async def signal(self, topic: str, name: str, payload: bytes = b"") -> None:
+        await self.broker.publish(topic, envelope(name, payload))
 
     def _deliver(self, topic: str, message: bytes) -> None:
         if topic not in self._topics:
@@ -98,7 +98,7 @@ class Hub:
         frame_type = message[start : start + kind_length].decode()
         handler = self.signal_handlers.get(frame_type)
         if handler is not None:
-            handler(topic)
+            handler(topic, message[start + kind_length :])
             return
         self.deliver_local(topic, frame_type, message[start + kind_length :].decode())
         now = time.time()

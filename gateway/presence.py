@@ -165,7 +165,7 @@ class PresenceService:
         except Exception as exc:  # presence is advisory: never fail a session over it
             log.warning("presence update failed: %s", type(exc).__name__)
 
-    def _changed(self, topic: str) -> None:
+    def _changed(self, topic: str, payload: bytes) -> None:
         patient_id = UUID(topic.removeprefix("patient:"))
         if patient_id in self._pending:
             return  # a frame is already on its way and will read the latest members

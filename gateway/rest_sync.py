@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.auth import AuthError, Identity
+from gateway.auth import Identity
+from gateway.rest import error_response, patient_identity
 from gateway.runtime import Runtime
 from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
 from protocol.codec import describe
@@ -67,26 +68,8 @@ class PullQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] = DEFAULT_PULL_LIMIT
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-async def _patient(request: Request) -> Identity | JSONResponse:
-    runtime: Runtime = request.app.state.runtime
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return _error(401, "unauthenticated", "Authorization: a Bearer token is required")
-    try:
-        identity = await runtime.authenticator.verify(token.strip())
-    except AuthError as exc:
-        return _error(401, "unauthenticated", str(exc))
-    if identity.role != "patient" or identity.patient_id is None:
-        return _error(403, "forbidden", "sync is for patients")
-    return identity
-
-
 async def sync_endpoint(request: Request) -> Response:
-    identity = await _patient(request)
+    identity = await patient_identity(request, "sync")
     if isinstance(identity, JSONResponse):
         return identity
     if request.method == "GET":
@@ -99,11 +82,11 @@ async def _post(request: Request, identity: Identity) -> Response:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        return _error(400, "bad_frame", "body: not valid JSON")
+        return error_response(400, "bad_frame", "body: not valid JSON")
     try:
         payload = LegacySync.model_validate(body)
     except ValidationError as exc:
-        return _error(422, "invalid", describe(exc))
+        return error_response(422, "invalid", describe(exc))
     assert identity.patient_id is not None
     device = identity.device_id or payload.client_id
     mutations = [_mutation(payload, "thread", t) for t in payload.threads]
@@ -145,7 +128,7 @@ async def _get(request: Request, identity: Identity) -> Response:
     try:
         query = PullQuery.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        return _error(422, "invalid", describe(exc))
+        return error_response(422, "invalid", describe(exc))
     assert identity.patient_id is not None
     runtime: Runtime = request.app.state.runtime
     version, changes, has_more = await pull(runtime, identity.patient_id, query.since, query.limit)

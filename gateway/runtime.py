@@ -9,6 +9,8 @@ from gateway.auth import Authenticator
 from gateway.hub import Hub
 from gateway.outbox import Flusher
 from gateway.presence import PresenceService
+from gateway.providers import Models
+from gateway.replies import Replies
 from gateway.settings import Settings
 from protocol.frames import Limits, Providers
 from storage.database import Pool
@@ -24,6 +26,8 @@ class Runtime:
     hub: Hub
     presence: PresenceService
     authenticator: Authenticator
+    models: Models
+    replies: Replies = field(default_factory=Replies)
     sessions: set[Session] = field(default_factory=set)
     flusher: Flusher = field(default_factory=Flusher)
     draining: bool = False
@@ -40,11 +44,4 @@ class Runtime:
 
     @property
     def providers(self) -> Providers:
-        s = self.settings
-        if s.openai_api_key is None and s.openai_base_url is None:
-            return Providers(chat="offline", asr="offline", embeddings="offline")
-        return Providers(
-            chat=f"openai:{s.model_name}",
-            asr=f"openai:{s.transcription_model}",
-            embeddings=f"openai:{s.embedding_model}",
-        )
+        return self.models.providers

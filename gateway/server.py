@@ -73,6 +73,7 @@ async def drain_sessions(runtime: Runtime) -> None:
         after_ms = random.randrange(RECONNECT_JITTER_MS)
         session.send(Reconnect(reason="server_restart", after_ms=after_ms))
     pending = [task for session in sessions for task in session.tasks]
+    pending += runtime.replies.tasks  # replies outlive their sockets
     if pending:
         await asyncio.wait(pending, timeout=runtime.settings.drain_seconds)
     for session in sessions:

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     drain_seconds: Annotated[float, Field(ge=0)] = 10.0
     db_pool_min: Annotated[int, Field(ge=1)] = 1
     db_pool_max: Annotated[int, Field(ge=1)] = 10
+    # Chat: retrieval, prompt, the upstream's timeouts and retries, delta coalescing.
+    retrieval_k: Annotated[int, Field(ge=0, le=50)] = 6
+    retrieval_min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.0
+    retrieval_exact_limit: Annotated[int, Field(ge=0)] = 5000
+    chat_history_tokens: Annotated[int, Field(ge=0)] = 3000
+    chat_connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    chat_first_token_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    chat_idle_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    chat_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    chat_retry_backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    chat_coalesce_ms: Annotated[float, Field(ge=0, le=1000)] = 20.0
+    reply_lease_s: Annotated[float, Field(ge=5)] = 60.0
 
     @field_validator("database_url")
     @classmethod
@@ -124,6 +136,11 @@ class Settings(BaseSettings):
     @property
     def embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def offline_models(self) -> bool:
+        """No model server configured: the offline providers answer."""
+        return self.openai_api_key is None and self.openai_base_url is None
 
 
 def load_settings(**overrides: object) -> Settings:

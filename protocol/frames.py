@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,11 +24,12 @@ from pydantic import (
     model_serializer,
 )
 
+from protocol.svg import MAX_SVG_PATH_CHARS, check_svg_path
+
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 128
 MAX_MUTATIONS = 500
 MAX_TEXT_CHARS = 8000
-MAX_SVG_PATH_CHARS = 4096
 MAX_PULL_LIMIT = 1000
 
 FreeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
@@ -64,7 +66,15 @@ class ChatSend(ClientFrame):
     thread_id: UUID
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     client_message_id: FreeId | None = None
-    svg_path: Annotated[str, Field(min_length=1, max_length=MAX_SVG_PATH_CHARS)] | None = None
+    # The body-map region: length-limited and checked against the SVG path grammar.
+    svg_path: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=MAX_SVG_PATH_CHARS),
+            AfterValidator(check_svg_path),
+        ]
+        | None
+    ) = None
 
 
 class ChatCancel(ClientFrame):
@@ -261,6 +271,8 @@ class SessionReady(ServerFrame):
 class Ack(ServerFrame):
     type: Literal["ack"] = "ack"
     ref: str
+    # chat.send: the reply that is coming (so it can be cancelled before its first delta).
+    response_id: UUID | None = None
 
 
 class ErrorBody(ServerPart):

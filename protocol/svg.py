@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.frames import MAX_SVG_PATH_CHARS
-
+MAX_SVG_PATH_CHARS = 4096
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _ARGS = {"m": 2, "l": 2, "h": 1, "v": 1, "c": 6, "s": 4, "q": 4, "t": 2, "a": 7, "z": 0}
 _TOKEN = re.compile(rf"\s*(?:([MmLlHhVvCcSsQqTtAaZz])|({_NUMBER}))\s*,?")
@@ -52,3 +51,11 @@ def _incomplete(command: str, numbers: int) -> str | None:
     if per_group and numbers % per_group:
         return f"command {command!r} needs numbers in groups of {per_group}"
     return None
+
+
+def check_svg_path(path: str) -> str:
+    """For pydantic: the path itself when valid, else ValueError saying what is wrong."""
+    problem = svg_path_problem(path)
+    if problem is not None:
+        raise ValueError(f"not SVG path data: {problem}")
+    return path

@@ -26,6 +26,7 @@ Entity = Literal["thread", "message"]
 Op = Literal["upsert", "delete"]
 Role = Literal["user", "assistant"]
 Source = Literal["text", "voice", "sync"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class MessageData:
     svg_path: str | None = None
     source: Source = "sync"
     created_at: datetime | None = None
+    # Assistant replies only: why the reply ended and the user message it answers.
+    finish_reason: FinishReason | None = None
+    reply_to: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,8 @@ def _payload_data(m: Mutation) -> dict[str, Any] | None | Rejected:
         "svg_path": m.data.svg_path,
         "source": m.data.source,
         "created_at": created_at,
+        "finish_reason": m.data.finish_reason,
+        "reply_to": m.data.reply_to,
     }
 
 

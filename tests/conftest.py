@@ -37,6 +37,8 @@ from tests.support import (
     with_database,
 )
 
+pytest_plugins = ["tests.chatkit"]  # the fake model server and a gateway using it
+
 TEMPLATE_DB = "painar_template"
 
 

@@ -26,6 +26,11 @@ class Behaviour:
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
     cut_after: int | None = None  # drop the connection after this many tokens
     requests: list[dict[str, object]] = field(default_factory=list)
+    aborted: int = 0  # streams the client closed before their end
+
+    @property
+    def chat_requests(self) -> list[dict[str, object]]:
+        return [r for r in self.requests if "messages" in r]
 
 
 def fake_openai_app(behaviour: Behaviour) -> Starlette:
@@ -45,17 +50,19 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
                 "created": int(time.time()),
                 "model": body["model"],
             }
-            await asyncio.sleep(behaviour.first_token_delay_s)
-            for n, token in enumerate(behaviour.tokens):
-                if behaviour.cut_after is not None and n >= behaviour.cut_after:
-                    raise ConnectionResetError("cut by the test")
-                if n:
-                    await asyncio.sleep(behaviour.token_delay_s)
-                chunk = {
-                    **base,
-                    "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}],
-                }
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            try:
+                await asyncio.sleep(behaviour.first_token_delay_s)
+                for n, token in enumerate(behaviour.tokens):
+                    if behaviour.cut_after is not None and n >= behaviour.cut_after:
+                        raise ConnectionResetError("cut by the test")
+                    if n:
+                        await asyncio.sleep(behaviour.token_delay_s)
+                    content = {"content": token}
+                    choice = {"index": 0, "delta": content, "finish_reason": None}
+                    yield b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+            except (asyncio.CancelledError, GeneratorExit):
+                behaviour.aborted += 1
+                raise
             done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             yield b"data: " + orjson.dumps(done) + b"\n\n"
             usage = {

@@ -161,9 +161,9 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
             "f5",
         ),
         (
-            '{"type": "chat.cancel", "id": "f6", "response_id": "' + str(uuid.UUID(int=6)) + '"}',
+            '{"type": "audio.commit", "id": "f6", "stream_id": "' + str(uuid.UUID(int=6)) + '"}',
             "unavailable",
-            "chat.cancel",
+            "audio.commit",
             "f6",
         ),
     ],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from gateway.providers.openai_compat import ChatChunk
 
@@ -73,7 +73,9 @@ def offline_reply(messages: Sequence[Mapping[str, str]]) -> str:
 class OfflineChat:
     name = "offline"
 
-    async def stream(self, messages: Sequence[Mapping[str, str]]) -> AsyncIterator[ChatChunk]:
+    async def stream(
+        self, messages: Sequence[Mapping[str, str]]
+    ) -> AsyncGenerator[ChatChunk, None]:
         words = offline_reply(messages).split(" ")
         for n, word in enumerate(words):
             yield ChatChunk(word if n == 0 else " " + word)

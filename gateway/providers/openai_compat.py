@@ -3,11 +3,11 @@ or any compatible server (vLLM, llama.cpp server, Ollama) via OPENAI_BASE_URL.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, Timeout
 from openai.types.chat import ChatCompletionMessageParam
 
 
@@ -25,11 +25,11 @@ class EmbeddingSizeMismatch(RuntimeError):
 
 
 def make_client(
-    api_key: str | None, base_url: str | None, *, timeout_s: float = 30.0
+    api_key: str | None, base_url: str | None, *, timeout: float | Timeout = 30.0
 ) -> AsyncOpenAI:
     # A local server often needs no key; the client insists on one.
     return AsyncOpenAI(
-        api_key=api_key or "not-needed", base_url=base_url, timeout=timeout_s, max_retries=0
+        api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0
     )
 
 
@@ -61,11 +61,11 @@ class OpenAIChat:
         self.name = f"openai:{model}"
 
     async def stream(
-        self, messages: Sequence[ChatCompletionMessageParam]
-    ) -> AsyncIterator[ChatChunk]:
+        self, messages: Sequence[Mapping[str, str]]
+    ) -> AsyncGenerator[ChatChunk, None]:
         response = await self.client.chat.completions.create(
             model=self.model,
-            messages=list(messages),
+            messages=[cast(ChatCompletionMessageParam, dict(m)) for m in messages],
             stream=True,
             stream_options={"include_usage": True},
         )

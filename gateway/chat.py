@@ -1,0 +1,553 @@
+"""Chat: a patient's message in, a reply grounded in what they said before streamed out to
+every device of the patient (over the socket and the original SSE route alike).
+
+`send` does what must happen before the sender hears back: it takes the thread's reply
+lease (one reply per thread, across processes; else `busy`), stores the user message
+through the change log (idempotent on the device's `client_message_id`; an unknown thread
+is created) and acknowledges it, then starts the reply as a task of its own. The reply
+outlives the sending socket: embed the text, retrieve the patient's nearest memories,
+build the prompt, relay the model's stream as coalesced `chat.delta` frames, and store
+the reply (with its finish reason) and both embeddings before `chat.done` goes out.
+
+Failures: retries with backoff on 429, 5xx and connection failures, only while no token
+has arrived; after that, a failure ends the reply with `finish_reason: error`, keeping
+what arrived. The user message is stored before anything can fail. A replayed
+`chat.send` of a message that has no finished reply yet (the model failed, or the
+process died) asks for the reply again without storing the message twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+import openai
+
+from gateway.broker import BrokerUnavailable
+from gateway.changefeed import write_changes
+from gateway.hub import patient_topic
+from gateway.metrics import (
+    CHAT_FIRST_TOKEN_ADDED,
+    CHAT_FIRST_TOKEN_UPSTREAM,
+    CHAT_REPLIES,
+    CHAT_TOKEN_RATE,
+    CHAT_TOKENS,
+    RETRIEVAL_LATENCY,
+    UPSTREAM_ERRORS,
+)
+from gateway.prompt import Turn, build_messages
+from gateway.providers.openai_compat import ChatChunk
+from gateway.replies import (
+    CANCEL_SIGNAL,
+    ChatRequest,
+    Reply,
+    UpstreamFailure,
+    Watcher,
+)
+from gateway.sync import device_key
+from protocol.codec import ProtocolError
+from protocol.codes import ErrorCode
+from protocol.frames import (
+    Ack,
+    ChatCancel,
+    ChatDelta,
+    ChatDone,
+    ChatMessage,
+    ChatMessageBody,
+    ChatSend,
+    ClientFrame,
+    ServerFrame,
+    Usage,
+)
+from storage.changes import (
+    Applied,
+    Duplicate,
+    FinishReason,
+    MessageData,
+    Mutation,
+    Rejected,
+    ThreadData,
+    WriteResult,
+)
+from storage.database import Connection
+from storage.memories import nearest_memories, store_memory
+from storage.replies import claim_reply, is_answered, recent_turns, release_reply, renew_reply
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+    from gateway.session import Session
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 60  # a thread created by chat.send is titled with the message's start
+RECENT_TURNS = 20
+MAX_BACKOFF_S = 8.0
+
+
+# ---- accepting a message --------------------------------------------------------------
+
+
+async def send(
+    runtime: Runtime,
+    request: ChatRequest,
+    *,
+    ack: Callable[[UUID | None], None],
+    notify: Callable[[ProtocolError], None] | None = None,
+    watcher: Watcher | None = None,
+) -> Reply | ProtocolError | None:
+    """Store and acknowledge the message, start its reply; the reply, or the error that
+    refused the message (nothing stored), or None for a replay of an answered message.
+
+    `ack` is called once the message is stored, with the response id (None when no reply
+    follows), before `chat.message` is published.
+    """
+    settings = runtime.settings
+    message_id = _message_id(request)
+    reply = Reply(request, message_id, settings.chat_coalesce_ms / 1000)
+    async with runtime.pool.acquire() as conn:
+        claim = await claim_reply(
+            conn, request.patient_id, request.thread_id, reply.id, settings.reply_lease_s
+        )
+    refusal = _refusal(claim.thread, claim.granted)
+    if refusal is not None:
+        if claim.granted:
+            await _release(runtime, reply)
+        return refusal
+
+    await runtime.hub.join(reply.topic, reply)
+    answered = False
+
+    async def after_commit(conn: Connection, result: WriteResult) -> list[ServerFrame]:
+        nonlocal answered
+        outcome = result.results[-1]
+        if isinstance(outcome, Rejected):
+            return []
+        if isinstance(outcome, Duplicate):
+            answered = await is_answered(conn, message_id)
+            ack(None if answered else reply.id)
+            return []
+        ack(reply.id)
+        assert isinstance(outcome, Applied) and outcome.change.data is not None
+        return [_user_message(request, message_id, outcome.change.data)]
+
+    mutations = [_user_mutation(request, message_id)]
+    if claim.thread == "missing":
+        title = ThreadData(title=request.text[:TITLE_CHARS])
+        mutations.insert(0, Mutation("thread", "upsert", request.thread_id, title))
+    try:
+        written = await write_changes(
+            runtime,
+            request.patient_id,
+            mutations,
+            device_id=request.device_id,
+            after_commit=after_commit,
+        )
+    except BaseException:
+        await _abandon(runtime, reply)
+        raise
+    outcome = written.results[-1]
+    if isinstance(outcome, Rejected) or answered:
+        await _abandon(runtime, reply)
+        return (
+            ProtocolError(outcome.code, outcome.message) if isinstance(outcome, Rejected) else None
+        )
+
+    reply.notify = notify
+    if watcher is not None:
+        reply.watchers.append(watcher)
+    replies = runtime.replies
+    replies.live[reply.id] = reply
+    task = asyncio.create_task(_run(runtime, reply))
+    replies.tasks.add(task)
+    task.add_done_callback(replies.tasks.discard)
+    return reply
+
+
+async def cancel(runtime: Runtime, patient_id: UUID, response_id: UUID) -> None:
+    """Stop a reply of this patient's, streaming on this process or another. Cancelling a
+    reply that has ended (or never existed) changes nothing."""
+    reply = runtime.replies.live.get(response_id)
+    if reply is not None:
+        if reply.request.patient_id == patient_id:
+            reply.stop("cancelled")
+        return
+    try:
+        await runtime.hub.signal(patient_topic(patient_id), CANCEL_SIGNAL, response_id.bytes)
+    except BrokerUnavailable:
+        pass  # the other process cannot be reached; its reply runs to its end
+
+
+def _message_id(request: ChatRequest) -> UUID:
+    """A replayed chat.send (same device, same client_message_id) names the same message."""
+    if request.client_message_id is None:
+        return uuid4()
+    key = f"painar:{request.patient_id}:{request.device_id}:{request.client_message_id}"
+    return uuid5(NAMESPACE_URL, key)
+
+
+def _refusal(thread: str, granted: bool) -> ProtocolError | None:
+    if thread == "other_patient":
+        return ProtocolError(
+            ErrorCode.FORBIDDEN, "thread_id: the thread belongs to another patient"
+        )
+    if thread == "deleted":
+        return ProtocolError(ErrorCode.CONFLICT, "thread_id: the thread was deleted")
+    if not granted:
+        return ProtocolError(
+            ErrorCode.BUSY, "thread_id: a reply is already streaming in this thread", retryable=True
+        )
+    return None
+
+
+def _user_mutation(request: ChatRequest, message_id: UUID) -> Mutation:
+    data = MessageData(
+        thread_id=request.thread_id,
+        role="user",
+        content=request.text,
+        svg_path=request.svg_path,
+        source=request.source,
+    )
+    return Mutation("message", "upsert", message_id, data, request.client_message_id)
+
+
+def _user_message(request: ChatRequest, message_id: UUID, data: dict[str, object]) -> ChatMessage:
+    body = ChatMessageBody.model_validate(
+        {
+            "id": message_id,
+            "role": "user",
+            "content": request.text,
+            "svg_path": request.svg_path,
+            "source": request.source,
+            "created_at": data["created_at"],
+            "device_id": request.device_id,
+        }
+    )
+    return ChatMessage(patient_id=request.patient_id, thread_id=request.thread_id, message=body)
+
+
+async def _release(runtime: Runtime, reply: Reply) -> None:
+    async with runtime.pool.acquire() as conn:
+        await release_reply(conn, reply.id)
+
+
+async def _abandon(runtime: Runtime, reply: Reply) -> None:
+    await runtime.hub.leave(reply.topic, reply)
+    await _release(runtime, reply)
+
+
+# ---- the reply ----------------------------------------------------------------------
+
+
+async def _run(runtime: Runtime, reply: Reply) -> None:
+    renewer = asyncio.create_task(_renew_lease(runtime, reply))
+    try:
+        user_vector: list[float] | None = None
+        usage: Usage | None = None
+        try:
+            user_vector, messages = await _prepare(runtime, reply)
+            usage = await _relay(runtime, reply, messages)
+        except Exception as exc:
+            # Not the model's fault (the database, a bug): end the reply all the same.
+            log.error("reply failed: %s", type(exc).__name__, exc_info=exc)
+            reply.failure = UpstreamFailure("internal", "the reply failed", retryable=False)
+            reply.stream.finish("error")
+        await _finish(runtime, reply, user_vector, usage)
+    except Exception as exc:
+        log.error("storing a reply failed: %s", type(exc).__name__, exc_info=exc)
+    finally:
+        renewer.cancel()
+        runtime.replies.live.pop(reply.id, None)
+        await runtime.hub.leave(reply.topic, reply)
+        if not reply.released:
+            try:
+                await _release(runtime, reply)
+            except Exception as exc:  # the lease expires by itself
+                log.warning("releasing a reply lease failed: %s", type(exc).__name__)
+
+
+async def _renew_lease(runtime: Runtime, reply: Reply) -> None:
+    lease_s = runtime.settings.reply_lease_s
+    while True:
+        await asyncio.sleep(lease_s / 3)
+        try:
+            async with runtime.pool.acquire() as conn:
+                await renew_reply(conn, reply.id, lease_s)
+        except Exception as exc:
+            log.warning("renewing a reply lease failed: %s", type(exc).__name__)
+
+
+async def _prepare(
+    runtime: Runtime, reply: Reply
+) -> tuple[list[float] | None, list[dict[str, str]]]:
+    """Embed the message, read the thread's recent turns and the patient's nearest
+    memories, and build the prompt. Without an embedding the reply goes on without
+    memories rather than not at all."""
+    settings, request = runtime.settings, reply.request
+    vector: list[float] | None = None
+    try:
+        [vector] = await runtime.models.embedder.embed([request.text])
+    except Exception as exc:
+        UPSTREAM_ERRORS.labels("embedding").inc()
+        log.warning("embedding the message failed: %s", type(exc).__name__)
+    async with runtime.pool.acquire() as conn:
+        recent = await recent_turns(
+            conn, request.thread_id, before=reply.message_id, limit=RECENT_TURNS
+        )
+        memories = []
+        if vector is not None and settings.retrieval_k > 0:
+            started = time.perf_counter()
+            memories = await nearest_memories(
+                conn,
+                request.patient_id,
+                vector,
+                k=settings.retrieval_k,
+                min_similarity=settings.retrieval_min_similarity,
+                # What is already in the prompt as a recent turn is not a memory.
+                exclude=[reply.message_id, *(turn.id for turn in recent)],
+                exact_limit=settings.retrieval_exact_limit,
+            )
+            RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
+    messages = build_messages(
+        request.text,
+        memories=memories,
+        recent=[Turn(turn.role, turn.content) for turn in recent],
+        svg_path=request.svg_path,
+        budget_tokens=settings.chat_history_tokens,
+    )
+    return vector, messages
+
+
+async def _relay(runtime: Runtime, reply: Reply, messages: list[dict[str, str]]) -> Usage | None:
+    """Stream the model's reply to the patient's topic, retrying while nothing arrived."""
+    settings = runtime.settings
+    attempt = 0
+    while True:
+        try:
+            return await _relay_once(runtime, reply, messages)
+        except UpstreamFailure as failure:
+            UPSTREAM_ERRORS.labels(failure.kind).inc()
+            log.warning("model request failed: %s (attempt %d)", failure.kind, attempt + 1)
+            if reply.stream.text or not failure.retryable or attempt >= settings.chat_retries:
+                reply.failure = failure
+                reply.stream.finish("error")
+                return None
+            delay = min(MAX_BACKOFF_S, settings.chat_retry_backoff_s * 2**attempt)
+            attempt += 1
+            try:
+                async with asyncio.timeout(delay * random.uniform(0.5, 1.0)):
+                    await reply.stopped.wait()
+            except TimeoutError:
+                continue
+            assert reply.stop_reason is not None
+            reply.stream.finish(reply.stop_reason)
+            return None
+
+
+async def _relay_once(
+    runtime: Runtime, reply: Reply, messages: list[dict[str, str]]
+) -> Usage | None:
+    settings, stream = runtime.settings, reply.stream
+    chunks: AsyncGenerator[ChatChunk, None] = runtime.models.chat.stream(messages)
+    sent_at = last = time.monotonic()
+    first: float | None = None
+    tokens = 0
+    usage: Usage | None = None
+    pending: asyncio.Future[ChatChunk] = asyncio.ensure_future(anext(chunks))
+    stopped = asyncio.ensure_future(reply.stopped.wait())
+    try:
+        while True:
+            limit = (
+                settings.chat_first_token_timeout_s
+                if first is None
+                else settings.chat_idle_timeout_s
+            )
+            deadline = last + limit
+            due = stream.due
+            wake = deadline if due is None else min(deadline, due)
+            timeout = max(0.0, wake - time.monotonic())
+            done, _ = await asyncio.wait(
+                (pending, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            now = time.monotonic()
+            if stopped.done():
+                assert reply.stop_reason is not None
+                stream.finish(reply.stop_reason)
+                return usage
+            if pending in done:
+                try:
+                    chunk = pending.result()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    raise _classify(exc) from exc
+                last = now
+                if chunk.delta:
+                    tokens += 1
+                    delta = stream.add(chunk.delta, now)
+                    if first is None:
+                        first = now
+                        CHAT_FIRST_TOKEN_UPSTREAM.observe(now - sent_at)
+                    if delta is not None:
+                        await _publish(runtime, reply, delta)
+                    if tokens == 1:
+                        # The time this gateway added: all but the model's own wait.
+                        added = (time.monotonic() - reply.request.received) - (now - sent_at)
+                        CHAT_FIRST_TOKEN_ADDED.observe(max(0.0, added))
+                if chunk.finish_reason is not None:
+                    stream.finish("length" if chunk.finish_reason == "length" else "stop")
+                if chunk.usage is not None:
+                    usage = Usage.model_validate(chunk.usage)
+                pending = asyncio.ensure_future(anext(chunks))
+                continue
+            if due is not None and now >= due:
+                delta = stream.flush(now)
+                if delta is not None:
+                    await _publish(runtime, reply, delta)
+            if now >= deadline:
+                what = "its first token" if first is None else "its next token"
+                raise UpstreamFailure(
+                    "timeout",
+                    f"the language model did not send {what} within {limit:g} s",
+                    retryable=first is None,
+                    timeout=True,
+                )
+        if stream.finish_reason is None:
+            raise UpstreamFailure(
+                "stream_cut", "the language model's stream ended early", retryable=first is None
+            )
+        return usage
+    finally:
+        CHAT_TOKENS.inc(tokens)
+        if first is not None and tokens > 1 and last > first:
+            CHAT_TOKEN_RATE.observe((tokens - 1) / (last - first))
+        stopped.cancel()
+        if not pending.done():
+            pending.cancel()
+            await asyncio.wait((pending,))
+        await chunks.aclose()  # closes the upstream response when it stopped early
+
+
+def _classify(exc: Exception) -> UpstreamFailure:
+    if isinstance(exc, UpstreamFailure):
+        return exc
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamFailure("rate_limited", "the language model is rate limited (429)", True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        kind = "server_error" if status >= 500 else "client_error"
+        return UpstreamFailure(kind, f"the language model answered {status}", status >= 500)
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailure("timeout", "the language model timed out", True, timeout=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailure("connection", "the language model could not be reached", True)
+    return UpstreamFailure("stream_cut", "the language model's stream failed", True)
+
+
+async def _publish(runtime: Runtime, reply: Reply, frame: ChatDelta | ChatDone) -> None:
+    reply.emit(frame)
+    try:
+        await runtime.hub.publish(reply.topic, frame)
+    except BrokerUnavailable:
+        pass  # the reply is stored all the same; devices read it through sync
+
+
+async def _finish(
+    runtime: Runtime, reply: Reply, user_vector: list[float] | None, usage: Usage | None
+) -> None:
+    """Send what is pending, store the reply and both embeddings, then `chat.done`."""
+    request, stream = reply.request, reply.stream
+    last = stream.flush(time.monotonic())
+    if last is not None:
+        await _publish(runtime, reply, last)
+    reason: FinishReason = stream.finish_reason or "error"  # type: ignore[assignment]
+    text = stream.text
+    reply_vector: list[float] | None = None
+    if text:
+        try:
+            [reply_vector] = await runtime.models.embedder.embed([text])
+        except Exception as exc:
+            UPSTREAM_ERRORS.labels("embedding").inc()
+            log.warning("embedding the reply failed: %s", type(exc).__name__)
+    if reply.failure is not None:
+        error = reply.failure.error()
+        if reply.notify is not None:
+            reply.notify(error)
+        reply.emit(error)
+    done = ChatDone(
+        patient_id=request.patient_id,
+        thread_id=request.thread_id,
+        response_id=reply.id,
+        message_id=reply.assistant_id,
+        finish_reason=reason,
+        usage=usage,
+    )
+
+    async def after_commit(conn: Connection, result: WriteResult) -> list[ServerFrame]:
+        # The thread is free before chat.done goes out: the next message is not busy.
+        await release_reply(conn, reply.id)
+        reply.released = True
+        if isinstance(result.results[0], Applied):
+            for message_id, vector in (
+                (reply.message_id, user_vector),
+                (reply.assistant_id, reply_vector),
+            ):
+                if vector is not None:
+                    await store_memory(conn, request.patient_id, message_id, vector)
+        reply.emit(done)
+        return [done]
+
+    data = MessageData(
+        thread_id=request.thread_id,
+        role="assistant",
+        content=text,
+        source="text",
+        finish_reason=reason,
+        reply_to=reply.message_id,
+    )
+    await write_changes(
+        runtime,
+        request.patient_id,
+        [Mutation("message", "upsert", reply.assistant_id, data)],
+        device_id=None,
+        after_commit=after_commit,
+    )
+    CHAT_REPLIES.labels(reason).inc()
+
+
+# ---- the socket's handlers ---------------------------------------------------------------
+
+
+async def handle_send(session: Session, frame: ClientFrame) -> None:
+    assert isinstance(frame, ChatSend)
+    identity = session.identity
+    assert identity.patient_id is not None  # chat.send is for patients only
+    request = ChatRequest(
+        patient_id=identity.patient_id,
+        thread_id=frame.thread_id,
+        text=frame.text,
+        device_id=device_key(identity),
+        svg_path=frame.svg_path,
+        client_message_id=frame.client_message_id,
+    )
+    outcome = await send(
+        session.runtime,
+        request,
+        ack=lambda response_id: session.send(Ack(ref=frame.id, response_id=response_id)),
+        notify=lambda error: session.send_error(replace(error, ref=frame.id)),
+    )
+    if isinstance(outcome, ProtocolError):
+        session.send_error(replace(outcome, ref=frame.id))
+
+
+async def handle_cancel(session: Session, frame: ClientFrame) -> None:
+    assert isinstance(frame, ChatCancel)
+    patient_id = session.identity.patient_id
+    assert patient_id is not None
+    await cancel(session.runtime, patient_id, frame.response_id)
+    session.send(Ack(ref=frame.id))

@@ -1,0 +1,32 @@
+"""What the original backend's HTTP routes share: the error body and the patient's token."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.auth import AuthError, Identity
+from gateway.runtime import Runtime
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+async def patient_identity(request: Request, purpose: str) -> Identity | JSONResponse:
+    """The patient behind `Authorization: Bearer`, or the 401/403 answer."""
+    runtime: Runtime = request.app.state.runtime
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error_response(401, "unauthenticated", "Authorization: a Bearer token is required")
+    try:
+        identity = await runtime.authenticator.verify(token.strip())
+    except AuthError as exc:
+        return error_response(401, "unauthenticated", str(exc))
+    if identity.role != "patient" or identity.patient_id is None:
+        return error_response(403, "forbidden", f"{purpose} is for patients")
+    return identity

@@ -1,0 +1,107 @@
+"""The original backend's chat route, on the same pipeline as `chat.send`.
+
+`POST /chat/` with `Authorization: Bearer <patient token>` and `{"thread_id", "message",
+"svg_path"?}` answers `text/event-stream`: `data: {"content": "..."}` per delta and
+`event: done` / `data: {}` at the end (after `event: error` when the model failed). The
+patient's sockets see the same message and reply. A client that hangs up does not stop
+the reply: it is stored all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.chat import send
+from gateway.replies import ChatRequest, ReplyEvent
+from gateway.rest import error_response, patient_identity
+from gateway.runtime import Runtime
+from gateway.sync import device_key
+from protocol.codec import ProtocolError, describe
+from protocol.codes import ErrorCode
+from protocol.frames import MAX_TEXT_CHARS, ChatDelta, ChatDone
+from protocol.svg import MAX_SVG_PATH_CHARS, check_svg_path
+
+_STATUS = {
+    ErrorCode.BUSY: 409,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INVALID: 422,
+}
+
+
+class LegacyChat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    thread_id: UUID
+    message: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    svg_path: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=MAX_SVG_PATH_CHARS),
+            AfterValidator(check_svg_path),
+        ]
+        | None
+    ) = None
+
+
+async def chat_endpoint(request: Request) -> Response:
+    received = time.monotonic()
+    identity = await patient_identity(request, "chat")
+    if isinstance(identity, JSONResponse):
+        return identity
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return error_response(400, "bad_frame", "body: not valid JSON")
+    try:
+        payload = LegacyChat.model_validate(body)
+    except ValidationError as exc:
+        return error_response(422, "invalid", describe(exc))
+    assert identity.patient_id is not None
+    runtime: Runtime = request.app.state.runtime
+    events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+    chat_request = ChatRequest(
+        patient_id=identity.patient_id,
+        thread_id=payload.thread_id,
+        text=payload.message,
+        device_id=device_key(identity),
+        svg_path=payload.svg_path,
+        received=received,
+    )
+    outcome = await send(runtime, chat_request, ack=lambda _: None, watcher=events.put_nowait)
+    if isinstance(outcome, ProtocolError):
+        headers = {"Retry-After": "1"} if outcome.retryable else None
+        status = _STATUS.get(outcome.code, 500)
+        return error_response(status, outcome.code.value, outcome.message, headers)
+    assert outcome is not None  # without a client_message_id there are no replays
+    reply = outcome
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, ChatDelta):
+                    yield b"data: " + orjson.dumps({"content": event.delta}) + b"\n\n"
+                elif isinstance(event, ChatDone):
+                    yield b"event: done\ndata: {}\n\n"
+                    return
+                else:
+                    error = {"code": event.code.value, "message": event.message}
+                    yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+        finally:
+            reply.watchers.remove(events.put_nowait)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

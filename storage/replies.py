@@ -1,0 +1,113 @@
+"""What the chat pipeline reads and holds around a reply: the per-thread lease that lets
+one reply stream at a time (across every gateway process), the thread's recent turns,
+and whether a user message already has its answer.
+
+A lease, not a lock held for the reply's length: it expires by itself when the process
+holding it dies, and the holder renews it while the reply streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from uuid import UUID
+
+from storage.database import Connection
+
+ThreadState = Literal["mine", "missing", "other_patient", "deleted"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    granted: bool
+    thread: ThreadState
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    id: UUID
+    role: str
+    content: str
+
+
+async def claim_reply(
+    conn: Connection, patient_id: UUID, thread_id: UUID, response_id: UUID, lease_s: float
+) -> Claim:
+    """Take the thread's reply lease for `response_id` unless a live one is held, and say
+    whose thread it is. One round trip."""
+    row = await conn.fetchrow(
+        """
+        WITH lease AS (
+            INSERT INTO reply_leases AS l (patient_id, thread_id, response_id, expires_at)
+            VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+            ON CONFLICT (patient_id, thread_id) DO UPDATE
+                SET response_id = EXCLUDED.response_id, expires_at = EXCLUDED.expires_at
+                WHERE l.expires_at < now()
+            RETURNING 1
+        )
+        SELECT EXISTS (SELECT 1 FROM lease) AS granted, t.patient_id, t.deleted
+        FROM (SELECT 1) one LEFT JOIN threads t ON t.id = $2
+        """,
+        patient_id,
+        thread_id,
+        response_id,
+        lease_s,
+    )
+    assert row is not None
+    thread: ThreadState
+    if row["patient_id"] is None:
+        thread = "missing"
+    elif row["patient_id"] != patient_id:
+        thread = "other_patient"
+    elif row["deleted"]:
+        thread = "deleted"
+    else:
+        thread = "mine"
+    return Claim(granted=row["granted"], thread=thread)
+
+
+async def renew_reply(conn: Connection, response_id: UUID, lease_s: float) -> None:
+    await conn.execute(
+        "UPDATE reply_leases SET expires_at = now() + make_interval(secs => $2) "
+        "WHERE response_id = $1",
+        response_id,
+        lease_s,
+    )
+
+
+async def release_reply(conn: Connection, response_id: UUID) -> None:
+    await conn.execute("DELETE FROM reply_leases WHERE response_id = $1", response_id)
+
+
+async def recent_turns(
+    conn: Connection, thread_id: UUID, *, before: UUID, limit: int = 20
+) -> list[StoredTurn]:
+    """The thread's last `limit` non-empty messages before message `before`, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT id, role, content FROM (
+            SELECT id, role, content, created_at FROM messages
+            WHERE thread_id = $1 AND NOT deleted AND id <> $2 AND content <> ''
+              AND created_at <= (SELECT created_at FROM messages WHERE id = $2)
+            ORDER BY created_at DESC LIMIT $3
+        ) recent ORDER BY created_at
+        """,
+        thread_id,
+        before,
+        limit,
+    )
+    return [StoredTurn(r["id"], r["role"], r["content"]) for r in rows]
+
+
+async def is_answered(conn: Connection, message_id: UUID) -> bool:
+    """Whether the user message has a reply that ended normally (a replayed chat.send
+    of it then asks for nothing more)."""
+    answered = await conn.fetchval(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM messages
+            WHERE reply_to = $1 AND NOT deleted AND finish_reason IN ('stop', 'length'))
+        """,
+        message_id,
+    )
+    return bool(answered)
