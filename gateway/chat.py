@@ -121,6 +121,8 @@ async def send(
         return refusal
 
     await runtime.hub.join(reply.topic, reply)
+    # The embedding does not depend on the write: fetch it while the message is stored.
+    reply.embedding = asyncio.create_task(_embed(runtime, request.text, "message"))
     answered = False
 
     async def after_commit(conn: Connection, result: WriteResult) -> list[ServerFrame]:
@@ -237,6 +239,8 @@ async def _release(runtime: Runtime, reply: Reply) -> None:
 
 
 async def _abandon(runtime: Runtime, reply: Reply) -> None:
+    if reply.embedding is not None:
+        reply.embedding.cancel()
     await runtime.hub.leave(reply.topic, reply)
     await _release(runtime, reply)
 
@@ -251,7 +255,7 @@ async def _run(runtime: Runtime, reply: Reply) -> None:
         usage: Usage | None = None
         try:
             user_vector, messages = await _prepare(runtime, reply)
-            usage = await _relay(runtime, reply, messages)
+            usage = await _relay_until_stopped(runtime, reply, messages)
         except Exception as exc:
             # Not the model's fault (the database, a bug): end the reply all the same.
             log.error("reply failed: %s", type(exc).__name__, exc_info=exc)
@@ -262,6 +266,8 @@ async def _run(runtime: Runtime, reply: Reply) -> None:
         log.error("storing a reply failed: %s", type(exc).__name__, exc_info=exc)
     finally:
         renewer.cancel()
+        if reply.embedding is not None:
+            reply.embedding.cancel()  # not awaited when the reply failed before it
         runtime.replies.live.pop(reply.id, None)
         await runtime.hub.leave(reply.topic, reply)
         if not reply.released:
@@ -269,6 +275,38 @@ async def _run(runtime: Runtime, reply: Reply) -> None:
                 await _release(runtime, reply)
             except Exception as exc:  # the lease expires by itself
                 log.warning("releasing a reply lease failed: %s", type(exc).__name__)
+
+
+async def _embed(runtime: Runtime, text: str, what: str) -> list[float] | None:
+    """The text's embedding, or None when the embedding server fails (the reply goes on
+    without memories rather than not at all)."""
+    try:
+        [vector] = await runtime.models.embedder.embed([text])
+        return vector
+    except Exception as exc:
+        UPSTREAM_ERRORS.labels("embedding").inc()
+        log.warning("embedding the %s failed: %s", what, type(exc).__name__)
+        return None
+
+
+async def _relay_until_stopped(
+    runtime: Runtime, reply: Reply, messages: list[dict[str, str]]
+) -> Usage | None:
+    """The relay as a task of its own, so that stopping the reply (cancel, shutdown) can
+    cancel it wherever it waits; what arrived until then stays in the stream."""
+    if reply.stop_reason is None:
+        reply.relay = asyncio.create_task(_relay(runtime, reply, messages))
+        try:
+            result = await reply.relay
+            return result if isinstance(result, Usage) else None
+        except asyncio.CancelledError:
+            if not reply.relay.cancelled() or reply.stop_reason is None:
+                raise  # this task itself is being cancelled
+        finally:
+            reply.relay = None
+    assert reply.stop_reason is not None
+    reply.stream.finish(reply.stop_reason)
+    return None
 
 
 async def _renew_lease(runtime: Runtime, reply: Reply) -> None:
@@ -285,20 +323,15 @@ async def _renew_lease(runtime: Runtime, reply: Reply) -> None:
 async def _prepare(
     runtime: Runtime, reply: Reply
 ) -> tuple[list[float] | None, list[dict[str, str]]]:
-    """Embed the message, read the thread's recent turns and the patient's nearest
-    memories, and build the prompt. Without an embedding the reply goes on without
-    memories rather than not at all."""
+    """Read the thread's recent turns and the patient's memories nearest to the
+    message's embedding, and build the prompt."""
     settings, request = runtime.settings, reply.request
-    vector: list[float] | None = None
-    try:
-        [vector] = await runtime.models.embedder.embed([request.text])
-    except Exception as exc:
-        UPSTREAM_ERRORS.labels("embedding").inc()
-        log.warning("embedding the message failed: %s", type(exc).__name__)
+    assert reply.embedding is not None
     async with runtime.pool.acquire() as conn:
         recent = await recent_turns(
             conn, request.thread_id, before=reply.message_id, limit=RECENT_TURNS
         )
+        vector = await reply.embedding
         memories = []
         if vector is not None and settings.retrieval_k > 0:
             started = time.perf_counter()
@@ -324,7 +357,8 @@ async def _prepare(
 
 
 async def _relay(runtime: Runtime, reply: Reply, messages: list[dict[str, str]]) -> Usage | None:
-    """Stream the model's reply to the patient's topic, retrying while nothing arrived."""
+    """Stream the model's reply to the patient's topic, retrying while nothing arrived.
+    Runs as a task of its own: stopping the reply cancels it (which closes the upstream)."""
     settings = runtime.settings
     attempt = 0
     while True:
@@ -339,98 +373,99 @@ async def _relay(runtime: Runtime, reply: Reply, messages: list[dict[str, str]])
                 return None
             delay = min(MAX_BACKOFF_S, settings.chat_retry_backoff_s * 2**attempt)
             attempt += 1
-            try:
-                async with asyncio.timeout(delay * random.uniform(0.5, 1.0)):
-                    await reply.stopped.wait()
-            except TimeoutError:
-                continue
-            assert reply.stop_reason is not None
-            reply.stream.finish(reply.stop_reason)
-            return None
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
 
 async def _relay_once(
     runtime: Runtime, reply: Reply, messages: list[dict[str, str]]
 ) -> Usage | None:
     settings, stream = runtime.settings, reply.stream
-    chunks: AsyncGenerator[ChatChunk, None] = runtime.models.chat.stream(messages)
-    sent_at = last = time.monotonic()
+    loop = asyncio.get_running_loop()
+    idle_s = settings.chat_idle_timeout_s
+    sent_at = time.monotonic()
+    rescheduled = loop.time()
     first: float | None = None
+    last = sent_at
     tokens = 0
     usage: Usage | None = None
-    pending: asyncio.Future[ChatChunk] = asyncio.ensure_future(anext(chunks))
-    stopped = asyncio.ensure_future(reply.stopped.wait())
+    chunks: AsyncGenerator[ChatChunk, None] = runtime.models.chat.stream(messages)
     try:
-        while True:
-            limit = (
-                settings.chat_first_token_timeout_s
-                if first is None
-                else settings.chat_idle_timeout_s
-            )
-            deadline = last + limit
-            due = stream.due
-            wake = deadline if due is None else min(deadline, due)
-            timeout = max(0.0, wake - time.monotonic())
-            done, _ = await asyncio.wait(
-                (pending, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            now = time.monotonic()
-            if stopped.done():
-                assert reply.stop_reason is not None
-                stream.finish(reply.stop_reason)
-                return usage
-            if pending in done:
-                try:
-                    chunk = pending.result()
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    raise _classify(exc) from exc
-                last = now
+        async with asyncio.timeout(settings.chat_first_token_timeout_s) as watchdog:
+            async for chunk in chunks:
+                now = loop.time()
+                last = time.monotonic()
+                if first is not None and now - rescheduled > idle_s / 10:
+                    # Moving the deadline costs a timer; once per tenth of the timeout will do.
+                    watchdog.reschedule(now + idle_s)
+                    rescheduled = now
                 if chunk.delta:
                     tokens += 1
-                    delta = stream.add(chunk.delta, now)
                     if first is None:
-                        first = now
-                        CHAT_FIRST_TOKEN_UPSTREAM.observe(now - sent_at)
-                    if delta is not None:
-                        await _publish(runtime, reply, delta)
+                        first, rescheduled = last, now
+                        watchdog.reschedule(now + idle_s)
+                        CHAT_FIRST_TOKEN_UPSTREAM.observe(first - sent_at)
+                    await _add(runtime, reply, chunk.delta, now)
                     if tokens == 1:
                         # The time this gateway added: all but the model's own wait.
-                        added = (time.monotonic() - reply.request.received) - (now - sent_at)
+                        added = (time.monotonic() - reply.request.received) - (first - sent_at)
                         CHAT_FIRST_TOKEN_ADDED.observe(max(0.0, added))
                 if chunk.finish_reason is not None:
                     stream.finish("length" if chunk.finish_reason == "length" else "stop")
                 if chunk.usage is not None:
                     usage = Usage.model_validate(chunk.usage)
-                pending = asyncio.ensure_future(anext(chunks))
-                continue
-            if due is not None and now >= due:
-                delta = stream.flush(now)
-                if delta is not None:
-                    await _publish(runtime, reply, delta)
-            if now >= deadline:
-                what = "its first token" if first is None else "its next token"
-                raise UpstreamFailure(
-                    "timeout",
-                    f"the language model did not send {what} within {limit:g} s",
-                    retryable=first is None,
-                    timeout=True,
-                )
-        if stream.finish_reason is None:
-            raise UpstreamFailure(
-                "stream_cut", "the language model's stream ended early", retryable=first is None
-            )
-        return usage
+    except TimeoutError:
+        if not watchdog.expired():
+            raise
+        what = "its first token" if first is None else "its next token"
+        limit = settings.chat_first_token_timeout_s if first is None else idle_s
+        raise UpstreamFailure(
+            "timeout",
+            f"the language model did not send {what} within {limit:g} s",
+            retryable=first is None,
+            timeout=True,
+        ) from None
+    except (UpstreamFailure, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise _classify(exc) from exc
     finally:
         CHAT_TOKENS.inc(tokens)
         if first is not None and tokens > 1 and last > first:
             CHAT_TOKEN_RATE.observe((tokens - 1) / (last - first))
-        stopped.cancel()
-        if not pending.done():
-            pending.cancel()
-            await asyncio.wait((pending,))
         await chunks.aclose()  # closes the upstream response when it stopped early
+    if stream.finish_reason is None:
+        raise UpstreamFailure(
+            "stream_cut", "the language model's stream ended early", retryable=first is None
+        )
+    return usage
+
+
+async def _add(runtime: Runtime, reply: Reply, text: str, now: float) -> None:
+    """Take a piece of the reply: send it now, or let the flush timer send it with what
+    follows at the end of the coalescing window."""
+    async with reply.sending:
+        delta = reply.stream.add(text, now)
+        if delta is not None:
+            await _publish(runtime, reply, delta)
+            return
+    due = reply.stream.due
+    if due is not None and reply.flush_timer is None:
+        loop = asyncio.get_running_loop()
+        reply.flush_timer = loop.call_at(due, _flush_due, runtime, reply)
+
+
+def _flush_due(runtime: Runtime, reply: Reply) -> None:
+    reply.flush_timer = None
+    task = asyncio.create_task(_flush(runtime, reply))
+    reply.flushes.add(task)
+    task.add_done_callback(reply.flushes.discard)
+
+
+async def _flush(runtime: Runtime, reply: Reply) -> None:
+    async with reply.sending:
+        delta = reply.stream.flush(asyncio.get_running_loop().time())
+        if delta is not None:
+            await _publish(runtime, reply, delta)
 
 
 def _classify(exc: Exception) -> UpstreamFailure:
@@ -462,18 +497,13 @@ async def _finish(
 ) -> None:
     """Send what is pending, store the reply and both embeddings, then `chat.done`."""
     request, stream = reply.request, reply.stream
-    last = stream.flush(time.monotonic())
-    if last is not None:
-        await _publish(runtime, reply, last)
+    if reply.flush_timer is not None:
+        reply.flush_timer.cancel()
+        reply.flush_timer = None
+    await _flush(runtime, reply)
     reason: FinishReason = stream.finish_reason or "error"  # type: ignore[assignment]
     text = stream.text
-    reply_vector: list[float] | None = None
-    if text:
-        try:
-            [reply_vector] = await runtime.models.embedder.embed([text])
-        except Exception as exc:
-            UPSTREAM_ERRORS.labels("embedding").inc()
-            log.warning("embedding the reply failed: %s", type(exc).__name__)
+    reply_vector = await _embed(runtime, text, "reply") if text else None
     if reply.failure is not None:
         error = reply.failure.error()
         if reply.notify is not None:

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from gateway.hub import patient_topic
@@ -63,7 +63,13 @@ class Reply:
         self.topic = patient_topic(request.patient_id)
         self.stream = ReplyStream(request.patient_id, request.thread_id, self.id, window_s=window_s)
         self.stop_reason: FinishReason | None = None
-        self.stopped = asyncio.Event()
+        self.embedding: asyncio.Task[list[float] | None] | None = None  # the message's
+        self.relay: asyncio.Task[Any] | None = None  # the model's stream, while it runs
+        # Deltas leave in seq order: a seq is given and its delta published under this lock,
+        # by the relay or by the flush timer at the end of a coalescing window.
+        self.sending = asyncio.Lock()
+        self.flush_timer: asyncio.TimerHandle | None = None
+        self.flushes: set[asyncio.Task[None]] = set()
         self.failure: UpstreamFailure | None = None
         self.released = False  # the thread's lease
         self.notify: Callable[[ProtocolError], None] | None = None  # the sender, for errors
@@ -72,7 +78,8 @@ class Reply:
     def stop(self, reason: FinishReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.stopped.set()
+            if self.relay is not None:
+                self.relay.cancel()
 
     def emit(self, event: ReplyEvent) -> None:
         for watcher in tuple(self.watchers):

@@ -23,10 +23,14 @@ class Behaviour:
     tokens: list[str] = field(default_factory=lambda: ["Hello", ",", " there", "."])
     first_token_delay_s: float = 0.0
     token_delay_s: float = 0.0
+    token_delays: list[float] | None = None  # per token, instead of token_delay_s
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
     cut_after: int | None = None  # drop the connection after this many tokens
     requests: list[dict[str, object]] = field(default_factory=list)
     aborted: int = 0  # streams the client closed before their end
+    # Benchmarks: each token is the time it was sent ("<unix time> "), and the first one
+    # starts with the time the request arrived ("R<unix time> ").
+    stamp: bool = False
 
     @property
     def chat_requests(self) -> list[dict[str, object]]:
@@ -35,6 +39,7 @@ class Behaviour:
 
 def fake_openai_app(behaviour: Behaviour) -> Starlette:
     async def chat(request: Request) -> Response:
+        received = time.time()
         body = orjson.loads(await request.body())
         behaviour.requests.append(body)
         if behaviour.fail_with:
@@ -55,8 +60,14 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
                 for n, token in enumerate(behaviour.tokens):
                     if behaviour.cut_after is not None and n >= behaviour.cut_after:
                         raise ConnectionResetError("cut by the test")
-                    if n:
+                    if behaviour.token_delays is not None:
+                        await asyncio.sleep(behaviour.token_delays[n])
+                    elif n:
                         await asyncio.sleep(behaviour.token_delay_s)
+                    if behaviour.stamp:
+                        token = f"{time.time():.6f} "
+                        if n == 0:
+                            token = f"R{received:.6f} {token}"
                     content = {"content": token}
                     choice = {"index": 0, "delta": content, "finish_reason": None}
                     yield b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
@@ -93,8 +104,15 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
             }
         )
 
+    async def configure(request: Request) -> Response:
+        """Change the behaviour from another process (benchmarks)."""
+        for name, value in orjson.loads(await request.body()).items():
+            setattr(behaviour, name, value)
+        return JSONResponse({})
+
     return Starlette(
         routes=[
+            Route("/behaviour", configure, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
         ]

@@ -5,6 +5,7 @@ wire format, through the real `openai` client."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import asyncpg
@@ -327,3 +328,24 @@ async def test_offline_providers_answer_from_memories_end_to_end(
         assert "Swimming helps my shoulder" in assert_in_order(before)
         assert done["finish_reason"] == "stop"
     assert await memory_count(db, patient) == 4
+
+
+@pytest.mark.parametrize("chat_gateway", [{"chat_coalesce_ms": 150}], indirect=True)
+async def test_tokens_within_a_window_go_together_and_never_wait_past_it(
+    chat_gateway: Gateway, upstream: Upstream
+) -> None:
+    # "a" after a quiet spell goes at once; "b" and "c" come within the window and go
+    # together when it ends, although the model then pauses before "d".
+    upstream.behaviour.tokens = ["a", "b", "c", "d"]
+    upstream.behaviour.token_delays = [0.0, 0.01, 0.01, 0.8]
+    async with session(chat_gateway.ws_url, patient_token()) as (ws, _):
+        await send(ws, chat_send(uuid.uuid4(), "hi"))
+        arrivals = []
+        while True:
+            frame = await recv(ws)
+            if frame["type"] == "chat.delta":
+                arrivals.append((time.monotonic(), frame["delta"]))
+            if frame["type"] == "chat.done":
+                break
+    assert [text for _, text in arrivals] == ["a", "bc", "d"]
+    assert arrivals[2][0] - arrivals[1][0] > 0.4  # "bc" did not wait for "d"

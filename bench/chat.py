@@ -1,0 +1,291 @@
+"""Chat: the time to first token the gateway adds, the relay overhead per delta, and the
+tokens/s that reach the slowest socket of a patient.
+
+Two gateway processes share one Redis and the embedded PostgreSQL, which holds MEMORIES
+(default 100,000) memories of 1536 dims of other patients, under the HNSW index. The
+model is the test suite's fake OpenAI server (tests/fake_openai.py) in a process of its
+own, stamping each token with the time it sent it; embeddings come from the same server.
+
+(a) One patient, one socket on each process; EXCHANGES chat.sends one after another.
+    The upstream waits 50 ms, then sends 12 tokens 25 ms apart (slower than the 20 ms
+    coalescing window, so each token travels as its own delta).
+    Added time to first token = (first delta at the sender − chat.send sent) − (the
+    upstream's first token sent − its request received): everything but the model's own
+    wait (storing the message, the embedding call, retrieval, the prompt, the relay).
+    Relay overhead = a delta's arrival at a socket − when its last token left the upstream.
+(b) One patient, 4 sockets (2 per process); the upstream sends 500 tokens as fast as it
+    can. Tokens/s at a socket = 500 / (arrival of the last token − the upstream's first
+    token sent); the slowest socket counts. ROUNDS rounds.
+(c) As (b) with PATIENTS patients (4 sockets each) chatting at once.
+
+    just bench chat      (MEMORIES=100000 EXCHANGES=100 ROUNDS=5 PATIENTS=200 to change)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+import httpx
+import orjson
+
+from bench._harness import SECRET, free_port, gateways, percentile, services
+from bench._wsclient import ClientProtocol, open_client
+from gateway.auth import issue_token
+
+MEMORIES = int(os.environ.get("MEMORIES", "100000"))
+EXCHANGES = int(os.environ.get("EXCHANGES", "100"))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+PATIENTS = int(os.environ.get("PATIENTS", "200"))
+BURST_TOKENS = 500
+DIM = 1536
+MEMORIES_PER_PATIENT = 100
+
+
+@dataclass
+class Device:
+    connection: ClientProtocol | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    deltas: list[tuple[float, str]] = field(default_factory=list)  # (arrival, text)
+
+    def on_text(self, payload: bytes) -> None:
+        now = time.time()
+        if payload.startswith(b'{"type":"chat.delta"'):
+            self.deltas.append((now, orjson.loads(payload)["delta"]))
+        elif payload.startswith(b'{"type":"chat.done"'):
+            self.done.set()
+        elif payload.startswith(b'{"type":"session.ready"'):
+            self.ready.set()
+
+    def reset(self) -> None:
+        self.deltas.clear()
+        self.done.clear()
+
+
+@dataclass
+class Stamps:
+    received: float  # the upstream got the request
+    sent: list[float]  # each token left the upstream
+
+
+def stamps(text: str) -> Stamps:
+    received, sent = 0.0, []
+    for part in text.split():
+        if part.startswith("R"):
+            received = float(part[1:])
+        else:
+            sent.append(float(part))
+    return Stamps(received, sent)
+
+
+async def connect(port: int, patient: uuid.UUID, name: str) -> Device:
+    device = Device()
+    token = issue_token(SECRET, role="patient", sub=patient, device_id=name)
+    device.connection = await open_client(port, token, device.on_text)
+    await device.ready.wait()
+    return device
+
+
+def chat_send(device: Device, thread: uuid.UUID, text: str) -> float:
+    assert device.connection is not None
+    frame = {"type": "chat.send", "id": "c", "thread_id": str(thread), "text": text}
+    sent = time.time()
+    device.connection.send_text(orjson.dumps(frame))
+    return sent
+
+
+async def load_memories(dsn: str, count: int) -> tuple[float, float]:
+    """`count` memories of other patients (random vectors); (load s, index build s)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP INDEX memories_embedding_idx")
+        started = time.perf_counter()
+        patients = max(1, count // MEMORIES_PER_PATIENT)
+        await conn.execute(
+            """
+            WITH p AS (
+                INSERT INTO patients (id) SELECT gen_random_uuid() FROM generate_series(1, $1)
+                RETURNING id
+            ), t AS (
+                INSERT INTO threads (id, patient_id) SELECT gen_random_uuid(), id FROM p
+                RETURNING id, patient_id
+            ), m AS (
+                INSERT INTO messages (id, patient_id, thread_id, role, content, source)
+                SELECT gen_random_uuid(), t.patient_id, t.id, 'user', 'earlier', 'sync'
+                FROM t, generate_series(1, $2)
+                RETURNING id, patient_id
+            )
+            INSERT INTO memories (message_id, patient_id, embedding)
+            SELECT m.id, m.patient_id,
+                   (SELECT array_agg(random() - 0.5) FROM generate_series(1, $3)
+                    WHERE m.id IS NOT NULL)::vector
+            FROM m
+            """,
+            patients,
+            MEMORIES_PER_PATIENT,
+            DIM,
+        )
+        loaded = time.perf_counter() - started
+        started = time.perf_counter()
+        await conn.execute("SET maintenance_work_mem = '2GB'")
+        await conn.execute(
+            "CREATE INDEX memories_embedding_idx ON memories "
+            "USING hnsw (embedding vector_cosine_ops)"
+        )
+        await conn.execute("VACUUM ANALYZE memories")
+        return loaded, time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def configure(http: httpx.AsyncClient, **behaviour: object) -> None:
+    (await http.post("/behaviour", json=behaviour)).raise_for_status()
+
+
+async def first_token_and_relay(
+    http: httpx.AsyncClient, ports: list[int]
+) -> tuple[list[float], list[float], list[float]]:
+    """(a): added time to first token (ms); relay overhead (ms) at the sender's process
+    and at the other process."""
+    await configure(
+        http, tokens=["t"] * 12, first_token_delay_s=0.05, token_delay_s=0.025, stamp=True
+    )
+    patient, thread = uuid.uuid4(), uuid.uuid4()
+    sender = await connect(ports[0], patient, "headset")
+    other = await connect(ports[1], patient, "phone")
+    added: list[float] = []
+    relay_same: list[float] = []
+    relay_other: list[float] = []
+    for n in range(EXCHANGES + 5):
+        sender.reset()
+        other.reset()
+        sent = chat_send(sender, thread, f"Question {n}: my knee aches after walking")
+        await sender.done.wait()
+        await other.done.wait()
+        if n < 5:
+            continue  # warm-up: pool connections, prepared statements
+        first_arrival, first_text = sender.deltas[0]
+        upstream = stamps(first_text)
+        added.append(((first_arrival - sent) - (upstream.sent[0] - upstream.received)) * 1000)
+        for device, overheads in ((sender, relay_same), (other, relay_other)):
+            for arrival, text in device.deltas:
+                overheads.append((arrival - max(stamps(text).sent)) * 1000)
+    return added, relay_same, relay_other
+
+
+async def burst(
+    http: httpx.AsyncClient, patients: int, ports: list[int], rounds: int
+) -> list[float]:
+    """(b)/(c): tokens/s at each patient's slowest socket, per round."""
+    await configure(
+        http,
+        tokens=["t"] * BURST_TOKENS,
+        first_token_delay_s=0.0,
+        token_delay_s=0.0,
+        stamp=True,
+    )
+    groups = []
+    for n in range(patients):
+        patient = uuid.uuid4()
+        devices = [
+            await connect(ports[0], patient, "a1"),
+            await connect(ports[0], patient, "a2"),
+            await connect(ports[1], patient, "b1"),
+            await connect(ports[1], patient, "b2"),
+        ]
+        # Half the patients send from each process, so both relay replies.
+        sender = devices[0] if n % 2 == 0 else devices[2]
+        groups.append((sender, devices, uuid.uuid4()))
+    rates: list[float] = []
+    for _ in range(rounds):
+        for _, devices, _ in groups:
+            for device in devices:
+                device.reset()
+        for sender, _, thread in groups:
+            chat_send(sender, thread, "Tell me everything about pacing")
+        for _, devices, _ in groups:
+            slowest = float("inf")
+            for device in devices:
+                await device.done.wait()
+                texts = "".join(text for _, text in device.deltas)
+                upstream = stamps(texts)
+                assert len(upstream.sent) == BURST_TOKENS, len(upstream.sent)
+                elapsed = device.deltas[-1][0] - upstream.sent[0]
+                slowest = min(slowest, BURST_TOKENS / elapsed)
+            rates.append(slowest)
+    for _, devices, _ in groups:
+        for device in devices:
+            assert device.connection is not None
+            device.connection.close()
+    return rates
+
+
+async def run(dsn: str, redis_url: str) -> None:
+    print(f"chat benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs", flush=True)
+    loaded, built = await load_memories(dsn, MEMORIES)
+    print(
+        f"{MEMORIES:,} memories of other patients: loaded in {loaded:.0f} s, "
+        f"HNSW built in {built:.0f} s",
+        flush=True,
+    )
+    upstream_port = free_port()
+    upstream = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench._upstream", str(upstream_port)
+    )
+    env = {
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "OPENAI_API_KEY": "bench",
+        "MODEL_NAME": "bench",
+        "DB_POOL_MIN": "4",
+    }
+    try:
+        async with (
+            gateways(2, dsn, redis_url, **env) as processes,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{upstream_port}") as http,
+        ):
+            ports = [port for _, port in processes]
+            gc.collect()
+            gc.freeze()
+
+            added, same, other = await first_token_and_relay(http, ports)
+            print(
+                f"(a) {EXCHANGES} exchanges: added time to first token p50 "
+                f"{percentile(added, 50):.1f} ms, p99 {percentile(added, 99):.1f} ms; "
+                f"relay overhead per delta p50/p99: sender's process "
+                f"{percentile(same, 50):.2f}/{percentile(same, 99):.2f} ms, other process "
+                f"{percentile(other, 50):.2f}/{percentile(other, 99):.2f} ms "
+                f"({len(same) + len(other)} deltas)"
+            )
+
+            rates = await burst(http, 1, ports, ROUNDS)
+            print(
+                f"(b) {BURST_TOKENS} tokens as fast as the upstream sends, 4 sockets of one "
+                f"patient (2 per process), {ROUNDS} rounds: slowest socket median "
+                f"{percentile(rates, 50):,.0f} tokens/s, worst {min(rates):,.0f} tokens/s"
+            )
+
+            rates = await burst(http, PATIENTS, ports, 1)
+            print(
+                f"(c) {PATIENTS} patients at once ({PATIENTS * 4} sockets): slowest socket per "
+                f"patient median {percentile(rates, 50):,.0f} tokens/s, p10 "
+                f"{percentile(rates, 10):,.0f}, worst {min(rates):,.0f} tokens/s"
+            )
+    finally:
+        upstream.terminate()
+        await upstream.wait()
+
+
+def main() -> None:
+    with services() as (dsn, redis_url, _):
+        asyncio.run(run(dsn, redis_url))
+
+
+if __name__ == "__main__":
+    main()
