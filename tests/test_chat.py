@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.chatkit import (
     Upstream,
@@ -21,7 +23,7 @@ from tests.chatkit import (
     slow_reply,
     until,
 )
-from tests.support import Gateway, sample
+from tests.support import Gateway, eventually, sample
 from tests.wsclient import clinician_token, expect_silence, patient_token, recv, send, session
 
 
@@ -33,7 +35,12 @@ async def test_a_message_is_stored_acknowledged_and_answered_with_both_embedding
     chat_gateway: Gateway, upstream: Upstream, db: asyncpg.Connection
 ) -> None:
     patient, thread = uuid.uuid4(), uuid.uuid4()
-    async with session(chat_gateway.ws_url, patient_token(patient)) as (ws, _):
+    async with session(chat_gateway.ws_url, patient_token(patient)) as (ws, ready):
+        assert ready["providers"] == {
+            "chat": "openai:gpt-4o-mini",
+            "asr": "openai:whisper-1",
+            "embeddings": "openai:text-embedding-3-small",
+        }
         await send(
             ws, chat_send(thread, "My lower back aches after sitting", client_message_id="m1")
         )
@@ -349,3 +356,32 @@ async def test_tokens_within_a_window_go_together_and_never_wait_past_it(
                 break
     assert [text for _, text in arrivals] == ["a", "bc", "d"]
     assert arrivals[2][0] - arrivals[1][0] > 0.4  # "bc" did not wait for "d"
+
+
+@pytest.mark.parametrize(
+    ("chat_gateway", "finish_reason"),
+    [({"drain_seconds": 10}, "stop"), ({"drain_seconds": 0.1}, "error")],
+    indirect=["chat_gateway"],
+)
+async def test_a_drain_waits_for_streaming_replies_and_stores_what_it_cut(
+    chat_gateway: Gateway, upstream: Upstream, db: asyncpg.Connection, finish_reason: str
+) -> None:
+    slow_reply(upstream.behaviour, tokens=40)
+    patient, thread = uuid.uuid4(), uuid.uuid4()
+    async with session(chat_gateway.ws_url, patient_token(patient)) as (ws, _):
+        await send(ws, chat_send(thread, "Before the restart"))
+        await until(ws, "chat.delta")
+        chat_gateway.server.handle_exit(15, None)  # what SIGTERM does
+        frames: list[dict[str, Any]] = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frames.append(await recv(ws))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert frames[0]["type"] == "reconnect"
+    assert ("chat.done" in [f["type"] for f in frames]) == (finish_reason == "stop")
+
+    async def stored() -> bool:
+        rows = await messages_of(db, thread)
+        return len(rows) == 2 and rows[1]["finish_reason"] == finish_reason
+
+    await eventually(stored, what=f"the reply stored with finish_reason {finish_reason}")
