@@ -1,12 +1,20 @@
-"""What the original backend's HTTP routes share: the error body and the patient's token."""
+"""What the original backend's HTTP routes share: the error body, the patient's token and
+reading a JSON body."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.auth import AuthError, Identity
 from gateway.runtime import Runtime
+from protocol.codec import describe
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def error_response(
@@ -30,3 +38,15 @@ async def patient_identity(request: Request, purpose: str) -> Identity | JSONRes
     if identity.role != "patient" or identity.patient_id is None:
         return error_response(403, "forbidden", f"{purpose} is for patients")
     return identity
+
+
+async def read_body(request: Request, model: type[Body]) -> Body | JSONResponse:
+    """The JSON body as `model`, or 400 (not JSON) / 422 (naming the wrong field)."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return error_response(400, "bad_frame", "body: not valid JSON")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        return error_response(422, "invalid", describe(exc))

@@ -16,19 +16,18 @@ from typing import Annotated
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.chat import send
 from gateway.replies import ChatRequest, ReplyEvent
-from gateway.rest import error_response, patient_identity
+from gateway.rest import error_response, patient_identity, read_body
 from gateway.runtime import Runtime
 from gateway.sync import device_key
-from protocol.codec import ProtocolError, describe
+from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
-from protocol.frames import MAX_TEXT_CHARS, ChatDelta, ChatDone
-from protocol.svg import MAX_SVG_PATH_CHARS, check_svg_path
+from protocol.frames import MAX_TEXT_CHARS, ChatDelta, ChatDone, SvgPath
 
 _STATUS = {
     ErrorCode.BUSY: 409,
@@ -43,14 +42,7 @@ class LegacyChat(BaseModel):
     model_config = ConfigDict(extra="ignore")
     thread_id: UUID
     message: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
-    svg_path: (
-        Annotated[
-            str,
-            Field(min_length=1, max_length=MAX_SVG_PATH_CHARS),
-            AfterValidator(check_svg_path),
-        ]
-        | None
-    ) = None
+    svg_path: SvgPath | None = None
 
 
 async def chat_endpoint(request: Request) -> Response:
@@ -58,14 +50,9 @@ async def chat_endpoint(request: Request) -> Response:
     identity = await patient_identity(request, "chat")
     if isinstance(identity, JSONResponse):
         return identity
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        return error_response(400, "bad_frame", "body: not valid JSON")
-    try:
-        payload = LegacyChat.model_validate(body)
-    except ValidationError as exc:
-        return error_response(422, "invalid", describe(exc))
+    payload = await read_body(request, LegacyChat)
+    if isinstance(payload, JSONResponse):
+        return payload
     assert identity.patient_id is not None
     runtime: Runtime = request.app.state.runtime
     events: asyncio.Queue[ReplyEvent] = asyncio.Queue()

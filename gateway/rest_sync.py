@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Identity
-from gateway.rest import error_response, patient_identity
+from gateway.rest import error_response, patient_identity, read_body
 from gateway.runtime import Runtime
 from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
 from protocol.codec import describe
@@ -79,14 +79,9 @@ async def sync_endpoint(request: Request) -> Response:
 
 async def _post(request: Request, identity: Identity) -> Response:
     received = time.time()
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        return error_response(400, "bad_frame", "body: not valid JSON")
-    try:
-        payload = LegacySync.model_validate(body)
-    except ValidationError as exc:
-        return error_response(422, "invalid", describe(exc))
+    payload = await read_body(request, LegacySync)
+    if isinstance(payload, JSONResponse):
+        return payload
     assert identity.patient_id is not None
     device = identity.device_id or payload.client_id
     mutations = [_mutation(payload, "thread", t) for t in payload.threads]

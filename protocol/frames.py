@@ -33,6 +33,11 @@ MAX_TEXT_CHARS = 8000
 MAX_PULL_LIMIT = 1000
 
 FreeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+# The body-map region a patient marked: length-limited and checked against the SVG path
+# grammar.
+SvgPath = Annotated[
+    str, Field(min_length=1, max_length=MAX_SVG_PATH_CHARS), AfterValidator(check_svg_path)
+]
 AudioFormat = Literal["pcm16", "wav", "webm", "ogg", "mp3", "m4a"]
 Role = Literal["patient", "clinician"]
 
@@ -66,15 +71,7 @@ class ChatSend(ClientFrame):
     thread_id: UUID
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     client_message_id: FreeId | None = None
-    # The body-map region: length-limited and checked against the SVG path grammar.
-    svg_path: (
-        Annotated[
-            str,
-            Field(min_length=1, max_length=MAX_SVG_PATH_CHARS),
-            AfterValidator(check_svg_path),
-        ]
-        | None
-    ) = None
+    svg_path: SvgPath | None = None
 
 
 class ChatCancel(ClientFrame):
