@@ -43,6 +43,7 @@ MEMORIES = int(os.environ.get("MEMORIES", "100000"))
 EXCHANGES = int(os.environ.get("EXCHANGES", "100"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 PATIENTS = int(os.environ.get("PATIENTS", "200"))
+PHASES = os.environ.get("PHASES", "abc")  # which of (a), (b), (c) to run
 BURST_TOKENS = 500
 DIM = 1536
 MEMORIES_PER_PATIENT = 100
@@ -254,32 +255,45 @@ async def run(dsn: str, redis_url: str) -> None:
             gc.collect()
             gc.freeze()
 
-            added, same, other = await first_token_and_relay(http, ports)
-            print(
-                f"(a) {EXCHANGES} exchanges: added time to first token p50 "
-                f"{percentile(added, 50):.1f} ms, p99 {percentile(added, 99):.1f} ms; "
-                f"relay overhead per delta p50/p99: sender's process "
-                f"{percentile(same, 50):.2f}/{percentile(same, 99):.2f} ms, other process "
-                f"{percentile(other, 50):.2f}/{percentile(other, 99):.2f} ms "
-                f"({len(same) + len(other)} deltas)"
-            )
-
-            rates = await burst(http, 1, ports, ROUNDS)
-            print(
-                f"(b) {BURST_TOKENS} tokens as fast as the upstream sends, 4 sockets of one "
-                f"patient (2 per process), {ROUNDS} rounds: slowest socket median "
-                f"{percentile(rates, 50):,.0f} tokens/s, worst {min(rates):,.0f} tokens/s"
-            )
-
-            rates = await burst(http, PATIENTS, ports, 1)
-            print(
-                f"(c) {PATIENTS} patients at once ({PATIENTS * 4} sockets): slowest socket per "
-                f"patient median {percentile(rates, 50):,.0f} tokens/s, p10 "
-                f"{percentile(rates, 10):,.0f}, worst {min(rates):,.0f} tokens/s"
-            )
+            if "a" in PHASES:
+                await report_first_token_and_relay(http, ports)
+            if "b" in PHASES:
+                await report_burst(http, ports)
+            if "c" in PHASES:
+                await report_crowd(http, ports)
     finally:
         upstream.terminate()
         await upstream.wait()
+
+
+async def report_first_token_and_relay(http: httpx.AsyncClient, ports: list[int]) -> None:
+    added, same, other = await first_token_and_relay(http, ports)
+    print(
+        f"(a) {EXCHANGES} exchanges: added time to first token p50 "
+        f"{percentile(added, 50):.1f} ms, p99 {percentile(added, 99):.1f} ms; "
+        f"relay overhead per delta p50/p99: sender's process "
+        f"{percentile(same, 50):.2f}/{percentile(same, 99):.2f} ms, other process "
+        f"{percentile(other, 50):.2f}/{percentile(other, 99):.2f} ms "
+        f"({len(same) + len(other)} deltas)"
+    )
+
+
+async def report_burst(http: httpx.AsyncClient, ports: list[int]) -> None:
+    rates = await burst(http, 1, ports, ROUNDS)
+    print(
+        f"(b) {BURST_TOKENS} tokens as fast as the upstream sends, 4 sockets of one "
+        f"patient (2 per process), {ROUNDS} rounds: slowest socket median "
+        f"{percentile(rates, 50):,.0f} tokens/s, worst {min(rates):,.0f} tokens/s"
+    )
+
+
+async def report_crowd(http: httpx.AsyncClient, ports: list[int]) -> None:
+    rates = await burst(http, PATIENTS, ports, 1)
+    print(
+        f"(c) {PATIENTS} patients at once ({PATIENTS * 4} sockets): slowest socket per "
+        f"patient median {percentile(rates, 50):,.0f} tokens/s, p10 "
+        f"{percentile(rates, 10):,.0f}, worst {min(rates):,.0f} tokens/s"
+    )
 
 
 def main() -> None:

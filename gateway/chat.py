@@ -42,7 +42,7 @@ from gateway.metrics import (
     UPSTREAM_ERRORS,
 )
 from gateway.prompt import Turn, build_messages
-from gateway.providers.openai_compat import ChatChunk
+from gateway.providers.openai_compat import ChatChunk, StreamError
 from gateway.replies import (
     CANCEL_SIGNAL,
     ChatRequest,
@@ -471,6 +471,8 @@ async def _flush(runtime: Runtime, reply: Reply) -> None:
 def _classify(exc: Exception) -> UpstreamFailure:
     if isinstance(exc, UpstreamFailure):
         return exc
+    if isinstance(exc, StreamError):
+        return UpstreamFailure("stream_cut", "the language model's stream failed", True)
     if isinstance(exc, openai.RateLimitError):
         return UpstreamFailure("rate_limited", "the language model is rate limited (429)", True)
     if isinstance(exc, openai.APIStatusError):

@@ -26,6 +26,7 @@ class Behaviour:
     token_delays: list[float] | None = None  # per token, instead of token_delay_s
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
     cut_after: int | None = None  # drop the connection after this many tokens
+    error_after: int | None = None  # send an error event after this many tokens
     requests: list[dict[str, object]] = field(default_factory=list)
     aborted: int = 0  # streams the client closed before their end
     # Benchmarks: each token is the time it was sent ("<unix time> "), and the first one
@@ -60,6 +61,10 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
                 for n, token in enumerate(behaviour.tokens):
                     if behaviour.cut_after is not None and n >= behaviour.cut_after:
                         raise ConnectionResetError("cut by the test")
+                    if behaviour.error_after is not None and n >= behaviour.error_after:
+                        error = {"error": {"message": "overloaded", "type": "server_error"}}
+                        yield b"data: " + orjson.dumps(error) + b"\n\n"
+                        return
                     if behaviour.token_delays is not None:
                         await asyncio.sleep(behaviour.token_delays[n])
                     elif n:

@@ -124,6 +124,20 @@ async def test_429_and_500_before_the_first_token_are_retried(
     assert sample(metrics, "chat_first_token_added_seconds_count") >= 1
 
 
+@pytest.mark.parametrize("chat_gateway", [{"chat_retries": 3}], indirect=True)
+async def test_a_client_error_from_the_model_is_not_retried(
+    chat_gateway: Gateway, upstream: Upstream
+) -> None:
+    upstream.behaviour.fail_with = [400]
+    async with session(chat_gateway.ws_url, patient_token()) as (ws, _):
+        await send(ws, chat_send(uuid.uuid4(), "hi"))
+        before, done = await until(ws, "chat.done")
+    [error] = [f["error"] for f in before if f["type"] == "error"]
+    assert error["code"] == "upstream_error" and "400" in error["message"]
+    assert done["finish_reason"] == "error"
+    assert len(upstream.behaviour.chat_requests) == 1
+
+
 @pytest.mark.parametrize("chat_gateway", [{"chat_retries": 1}], indirect=True)
 async def test_a_model_that_keeps_failing_ends_the_reply_and_a_replay_asks_again(
     chat_gateway: Gateway, upstream: Upstream, db: asyncpg.Connection

@@ -62,6 +62,9 @@ async def test_upstream_failures_surface_as_the_clients_errors(
     behaviour.cut_after = 2
     with pytest.raises(openai.APIError):
         await collect(chat)
+    behaviour.cut_after, behaviour.error_after = None, 1
+    with pytest.raises(openai.APIError, match="error in its stream"):
+        await collect(chat)
 
 
 async def test_embeddings_come_back_in_input_order_with_the_configured_size(

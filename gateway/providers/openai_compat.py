@@ -7,7 +7,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from openai import AsyncOpenAI, Timeout
+import orjson
+from openai import APIConnectionError, AsyncOpenAI, Timeout
 from openai.types.chat import ChatCompletionMessageParam
 
 
@@ -63,20 +64,49 @@ class OpenAIChat:
     async def stream(
         self, messages: Sequence[Mapping[str, str]]
     ) -> AsyncGenerator[ChatChunk, None]:
-        response = await self.client.chat.completions.create(
+        # The raw event stream, read here: the client's own per-chunk model building cost
+        # more CPU than everything else the gateway does with a token.
+        request = self.client.chat.completions.with_streaming_response.create(
             model=self.model,
             messages=[cast(ChatCompletionMessageParam, dict(m)) for m in messages],
             stream=True,
             stream_options={"include_usage": True},
         )
-        try:
-            async for chunk in response:
-                usage = chunk.usage.model_dump() if chunk.usage is not None else None
-                for choice in chunk.choices:
-                    text = choice.delta.content or ""
-                    if text or choice.finish_reason:
-                        yield ChatChunk(text, choice.finish_reason, None)
-                if usage is not None:
-                    yield ChatChunk(usage={k: v for k, v in usage.items() if isinstance(v, int)})
-        finally:
-            await response.close()  # also when the consumer stops early (cancel)
+        async with request as response:  # closes the response, also on an early stop
+            try:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank lines, comments, event names
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    for chunk in _chunks(orjson.loads(data)):
+                        yield chunk
+            except StreamError:
+                raise
+            except Exception as exc:  # the body broke off, or could not be read
+                raise StreamError(
+                    "the stream failed part-way", request=response.http_request
+                ) from exc
+
+
+class StreamError(APIConnectionError):
+    """The event stream broke off, or carried an error or something unreadable."""
+
+    def __init__(self, message: str, *, request: Any) -> None:
+        super().__init__(message=message, request=request)
+
+
+def _chunks(event: Any) -> list[ChatChunk]:
+    if not isinstance(event, dict) or "error" in event:
+        raise StreamError("the model sent an error in its stream", request=None)
+    out = []
+    for choice in event.get("choices") or ():
+        text = (choice.get("delta") or {}).get("content") or ""
+        finish = choice.get("finish_reason")
+        if text or finish:
+            out.append(ChatChunk(text, finish, None))
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        out.append(ChatChunk(usage={k: v for k, v in usage.items() if isinstance(v, int)}))
+    return out
