@@ -120,6 +120,11 @@ async def send(
             await _release(runtime, reply)
         return refusal
 
+    # Known (and cancellable) from the moment its id can reach a device, in the ack.
+    reply.notify = notify
+    if watcher is not None:
+        reply.watchers.append(watcher)
+    runtime.replies.live[reply.id] = reply
     await runtime.hub.join(reply.topic, reply)
     # The embedding does not depend on the write: fetch it while the message is stored.
     reply.embedding = asyncio.create_task(_embed(runtime, request.text, "message"))
@@ -160,11 +165,7 @@ async def send(
             ProtocolError(outcome.code, outcome.message) if isinstance(outcome, Rejected) else None
         )
 
-    reply.notify = notify
-    if watcher is not None:
-        reply.watchers.append(watcher)
     replies = runtime.replies
-    replies.live[reply.id] = reply
     task = asyncio.create_task(_run(runtime, reply))
     replies.tasks.add(task)
     task.add_done_callback(replies.tasks.discard)
@@ -239,6 +240,7 @@ async def _release(runtime: Runtime, reply: Reply) -> None:
 
 
 async def _abandon(runtime: Runtime, reply: Reply) -> None:
+    runtime.replies.live.pop(reply.id, None)
     if reply.embedding is not None:
         reply.embedding.cancel()
     await runtime.hub.leave(reply.topic, reply)

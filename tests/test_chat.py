@@ -245,6 +245,24 @@ async def test_cancel_stops_the_model_and_keeps_the_partial_reply(
     assert upstream.behaviour.aborted == 1  # the upstream stream was closed
 
 
+async def test_a_reply_can_be_cancelled_before_its_first_token(
+    chat_gateway: Gateway, upstream: Upstream, db: asyncpg.Connection
+) -> None:
+    upstream.behaviour.first_token_delay_s = 5.0
+    patient, thread = uuid.uuid4(), uuid.uuid4()
+    async with session(chat_gateway.ws_url, patient_token(patient)) as (ws, _):
+        await send(ws, chat_send(thread, "Never mind"))
+        ack = await recv(ws)
+        await send(ws, {"type": "chat.cancel", "id": "x", "response_id": ack["response_id"]})
+        before, done = await until(ws, "chat.done")
+    assert done["finish_reason"] == "cancelled" and not deltas(before)
+    rows = await messages_of(db, thread)
+    assert [(r["role"], r["content"], r["finish_reason"]) for r in rows] == [
+        ("user", "Never mind", None),
+        ("assistant", "", "cancelled"),
+    ]
+
+
 async def test_the_reply_goes_on_when_the_sender_disconnects(
     chat_gateway: Gateway, upstream: Upstream, db: asyncpg.Connection
 ) -> None:
