@@ -345,7 +345,7 @@ async def _prepare(
                 min_similarity=settings.retrieval_min_similarity,
                 # What is already in the prompt as a recent turn is not a memory.
                 exclude=[reply.message_id, *(turn.id for turn in recent)],
-                exact_limit=settings.retrieval_exact_limit,
+                exact_limit=runtime.exact_limit,
             )
             RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
     messages = build_messages(

@@ -14,6 +14,7 @@ from gateway.replies import Replies
 from gateway.settings import Settings
 from protocol.frames import Limits, Providers
 from storage.database import Pool
+from storage.memories import exact_limit_for
 
 if TYPE_CHECKING:
     from gateway.session import Session
@@ -41,6 +42,12 @@ class Runtime:
             frames_per_s=s.frames_per_s,
             burst=s.burst,
         )
+
+    @property
+    def exact_limit(self) -> int:
+        """Up to how many memories a patient's retrieval is an exact scan."""
+        configured = self.settings.retrieval_exact_limit
+        return exact_limit_for(self.settings.vector_dim) if configured is None else configured
 
     @property
     def providers(self) -> Providers:

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     # Chat: retrieval, prompt, the upstream's timeouts and retries, delta coalescing.
     retrieval_k: Annotated[int, Field(ge=0, le=50)] = 6
     retrieval_min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.0
-    retrieval_exact_limit: Annotated[int, Field(ge=0)] = 5000
+    # Unset: chosen by VECTOR_DIM (storage.memories.exact_limit_for).
+    retrieval_exact_limit: Annotated[int, Field(ge=0)] | None = None
     chat_history_tokens: Annotated[int, Field(ge=0)] = 3000
     chat_connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     chat_first_token_timeout_s: Annotated[float, Field(gt=0)] = 30.0

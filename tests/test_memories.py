@@ -110,3 +110,35 @@ async def test_nearest_first_with_min_similarity_and_exclusions(
     await apply_mutations(small_db, patient, [Mutation("message", "delete", near)])
     found = await nearest_memories(small_db, patient, query, k=6)
     assert [m.content for m in found] == ["middle"]  # deleted messages are forgotten
+
+
+async def test_past_the_exact_limit_every_call_searches_the_hnsw_index(
+    small_db: asyncpg.Connection,
+) -> None:
+    # After five calls on a connection PostgreSQL may switch to a generic plan that reads
+    # the btree and sorts; the approximate path must stay on the vector index.
+    rng = random.Random(11)
+    patients = [uuid.uuid4() for _ in range(40)]
+    for patient in patients:
+        ids = await add_messages(small_db, patient, [f"m{n}" for n in range(50)])
+        for message_id in ids:
+            vector = unit([rng.gauss(0, 1) for _ in range(DIM)])
+            await store_memory(small_db, patient, message_id, vector)
+    await small_db.execute("ANALYZE memories")
+
+    async def index_scans() -> int:
+        await small_db.execute("SELECT pg_stat_force_next_flush()")
+        await small_db.execute("SELECT pg_stat_clear_snapshot()")
+        scans = await small_db.fetchval(
+            "SELECT idx_scan FROM pg_stat_user_indexes "
+            "WHERE indexrelname = 'memories_embedding_idx'"
+        )
+        return int(scans or 0)
+
+    before = await index_scans()
+    for _ in range(8):
+        query = unit([rng.gauss(0, 1) for _ in range(DIM)])
+        found = await nearest_memories(small_db, patients[0], query, k=5, exact_limit=10)
+        similarities = [m.similarity for m in found]
+        assert similarities == sorted(similarities, reverse=True)
+    assert await index_scans() - before >= 8
