@@ -38,6 +38,7 @@ import orjson
 from bench._harness import SECRET, free_port, gateways, percentile, services
 from bench._wsclient import ClientProtocol, open_client
 from gateway.auth import issue_token
+from tests.support import bulk_memories
 
 MEMORIES = int(os.environ.get("MEMORIES", "100000"))
 EXCHANGES = int(os.environ.get("EXCHANGES", "100"))
@@ -109,30 +110,7 @@ async def load_memories(dsn: str, count: int) -> tuple[float, float]:
         await conn.execute("DROP INDEX memories_embedding_idx")
         started = time.perf_counter()
         patients = max(1, count // MEMORIES_PER_PATIENT)
-        await conn.execute(
-            """
-            WITH p AS (
-                INSERT INTO patients (id) SELECT gen_random_uuid() FROM generate_series(1, $1)
-                RETURNING id
-            ), t AS (
-                INSERT INTO threads (id, patient_id) SELECT gen_random_uuid(), id FROM p
-                RETURNING id, patient_id
-            ), m AS (
-                INSERT INTO messages (id, patient_id, thread_id, role, content, source)
-                SELECT gen_random_uuid(), t.patient_id, t.id, 'user', 'earlier', 'sync'
-                FROM t, generate_series(1, $2)
-                RETURNING id, patient_id
-            )
-            INSERT INTO memories (message_id, patient_id, embedding)
-            SELECT m.id, m.patient_id,
-                   (SELECT array_agg(random() - 0.5) FROM generate_series(1, $3)
-                    WHERE m.id IS NOT NULL)::vector
-            FROM m
-            """,
-            patients,
-            MEMORIES_PER_PATIENT,
-            DIM,
-        )
+        await bulk_memories(conn, patients, MEMORIES_PER_PATIENT, DIM)
         loaded = time.perf_counter() - started
         started = time.perf_counter()
         await conn.execute("SET maintenance_work_mem = '2GB'")

@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.runtime import Runtime
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings
+from storage.database import Connection
 
 # Every wait in the suite is bounded by a multiple of this; raise it on slow machines.
 TIMEOUT_S = 10.0 * float(os.environ.get("PAINAR_TEST_TIMEOUT_SCALE", "1"))
@@ -139,3 +140,37 @@ def gateway_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update(values)
     return env
+
+
+async def bulk_memories(
+    conn: Connection, patients: int, per_patient: int, dim: int, coordinate: str = "random() - 0.5"
+) -> None:
+    """Fixture data in bulk, outside the change log: `patients` new patients with one
+    thread and `per_patient` messages each, every message with a memory whose `dim`
+    coordinates are the SQL expression `coordinate` (it may use the coordinate's index
+    `i`, from 1). Drop the HNSW index first and build it afterwards when loading many:
+    inserting into it row by row is far slower than one build."""
+    await conn.execute(
+        f"""
+        WITH p AS (
+            INSERT INTO patients (id) SELECT gen_random_uuid() FROM generate_series(1, $1)
+            RETURNING id
+        ), t AS (
+            INSERT INTO threads (id, patient_id) SELECT gen_random_uuid(), id FROM p
+            RETURNING id, patient_id
+        ), m AS (
+            INSERT INTO messages (id, patient_id, thread_id, role, content, source)
+            SELECT gen_random_uuid(), t.patient_id, t.id, 'user', 'earlier', 'sync'
+            FROM t, generate_series(1, $2)
+            RETURNING id, patient_id
+        )
+        INSERT INTO memories (message_id, patient_id, embedding)
+        SELECT m.id, m.patient_id,
+               (SELECT array_agg({coordinate}) FROM generate_series(1, $3) i
+                WHERE m.id IS NOT NULL)::vector
+        FROM m
+        """,
+        patients,
+        per_patient,
+        dim,
+    )

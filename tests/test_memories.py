@@ -14,6 +14,7 @@ from storage.changes import MessageData, Mutation, ThreadData, apply_mutations
 from storage.database import connect, prepare_schema
 from storage.memories import nearest_memories, store_memory
 from tests.conftest import _fresh_database  # noqa: PLC2701
+from tests.support import bulk_memories
 
 DIM = 32
 
@@ -62,27 +63,7 @@ async def test_a_patient_with_few_memories_among_many_nearer_ones_gets_only_thei
     # (fixture data, written in bulk rather than through the change log; the HNSW index is
     # built once afterwards, as fast as 20,000 inserts into it are slow).
     await small_db.execute("DROP INDEX memories_embedding_idx")
-    await small_db.execute(
-        f"""
-        WITH p AS (
-            INSERT INTO patients (id) SELECT gen_random_uuid() FROM generate_series(1, 200)
-            RETURNING id
-        ), t AS (
-            INSERT INTO threads (id, patient_id) SELECT gen_random_uuid(), id FROM p
-            RETURNING id, patient_id
-        ), m AS (
-            INSERT INTO messages (id, patient_id, thread_id, role, content, source)
-            SELECT gen_random_uuid(), t.patient_id, t.id, 'user', 'x', 'sync'
-            FROM t, generate_series(1, 100)
-            RETURNING id, patient_id
-        )
-        INSERT INTO memories (message_id, patient_id, embedding)
-        SELECT m.id, m.patient_id,
-               (SELECT array_agg(CASE WHEN i = 1 THEN 5.0 ELSE random() * 0.1 END)
-                FROM generate_series(1, {DIM}) i WHERE m.id IS NOT NULL)::vector
-        FROM m
-        """
-    )
+    await bulk_memories(small_db, 200, 100, DIM, "CASE WHEN i = 1 THEN 5.0 ELSE random() * 0.1 END")
     await small_db.execute(
         "CREATE INDEX memories_embedding_idx ON memories USING hnsw (embedding vector_cosine_ops)"
     )
