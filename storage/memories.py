@@ -10,9 +10,9 @@ the patient has (bench/retrieval.py measured both; docs/benchmarks.md has the fi
   vectors above ~500 dims are stored out of line). Most patients stay in this range.
 - approximate: the HNSW index with pgvector's iterative scan (0.8+), which keeps scanning
   until enough rows pass the patient filter. For a patient with 5,000+ memories it found
-  96.6–100 % of the exact top 10 at p99 ≤ 12.6 ms, where an exact scan took 30–230 ms.
+  97–100 % of the exact top 10 at p99 ≤ 12 ms, where an exact scan took 30–330 ms.
   Below a few thousand, a filtered graph search finds a small patient's rows unreliably
-  (recall 0.2–0.56 for 10–100 memories), so small patients never go through it.
+  (recall 0.2–0.6 for 10–100 memories), so small patients never go through it.
 
 The planner must be kept on the index for the approximate query: after a few calls on a
 connection PostgreSQL switches to a generic plan that, assuming an average patient, reads
