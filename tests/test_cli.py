@@ -48,6 +48,13 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"SECRET_KEY": "too-short"}, "SECRET_KEY"),
         ({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"}, "DB_POOL_MAX"),
         ({"DB_POOL_MIN": "0"}, "DB_POOL_MIN"),
+        ({"RETRIEVAL_K": "51"}, "RETRIEVAL_K"),
+        ({"RETRIEVAL_MIN_SIMILARITY": "2"}, "RETRIEVAL_MIN_SIMILARITY"),
+        ({"RETRIEVAL_EXACT_LIMIT": "-1"}, "RETRIEVAL_EXACT_LIMIT"),
+        ({"CHAT_FIRST_TOKEN_TIMEOUT_S": "0"}, "CHAT_FIRST_TOKEN_TIMEOUT_S"),
+        ({"CHAT_RETRIES": "11"}, "CHAT_RETRIES"),
+        ({"CHAT_COALESCE_MS": "-1"}, "CHAT_COALESCE_MS"),
+        ({"REPLY_LEASE_S": "1"}, "REPLY_LEASE_S"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

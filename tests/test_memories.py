@@ -12,7 +12,7 @@ import pytest
 
 from storage.changes import MessageData, Mutation, ThreadData, apply_mutations
 from storage.database import connect, prepare_schema
-from storage.memories import nearest_memories, store_memory
+from storage.memories import exact_limit_for, nearest_memories, store_memory
 from tests.conftest import _fresh_database  # noqa: PLC2701
 from tests.support import bulk_memories
 
@@ -123,3 +123,9 @@ async def test_past_the_exact_limit_every_call_searches_the_hnsw_index(
         similarities = [m.similarity for m in found]
         assert similarities == sorted(similarities, reverse=True)
     assert await index_scans() - before >= 8
+
+
+def test_the_exact_limit_follows_the_vector_size() -> None:
+    # Vectors above ~500 dims are stored out of line: exact search costs ~3x per row.
+    assert exact_limit_for(384) == 2000
+    assert exact_limit_for(1536) == 700
