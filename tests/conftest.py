@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -236,22 +237,31 @@ def threaded_gateway(postgres_dsn: str, template_database: str) -> Iterator[str]
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture
-async def second_process(
-    database_url: str, redis_server: RedisServer, tmp_path: Path
-) -> AsyncIterator[str]:
-    """Another gateway process on the same database and Redis; yields its WebSocket URL."""
+@asynccontextmanager
+async def gateway_process(
+    database_url: str, redis_url: str, log_path: Path, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """A gateway in a process of its own (`python -m gateway serve`); yields the process
+    and its WebSocket URL once /readyz answers 200."""
     port = free_port()
-    log = (tmp_path / "gateway-b.log").open("wb")
-    env = gateway_env(
+    log = log_path.open("wb")
+    process_env = gateway_env(
         DATABASE_URL=database_url,
-        REDIS_URL=redis_server.url,
+        REDIS_URL=redis_url,
         SECRET_KEY=TEST_SECRET,
         PORT=str(port),
         HOST="127.0.0.1",
+        **env,
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--no-migrate", env=env, stdout=log, stderr=log
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--no-migrate",
+        env=process_env,
+        stdout=log,
+        stderr=log,
     )
     try:
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
@@ -262,10 +272,20 @@ async def second_process(
                 except httpx.TransportError:
                     return False
 
-            await eventually(ready, timeout=TIMEOUT_S * 3, what="the second gateway process")
-        yield f"ws://127.0.0.1:{port}/v1/ws"
+            await eventually(ready, timeout=TIMEOUT_S * 3, what="the gateway process")
+        yield process, f"ws://127.0.0.1:{port}/v1/ws"
     finally:
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         async with asyncio.timeout(TIMEOUT_S * 2):
             await process.wait()
         log.close()
+
+
+@pytest.fixture
+async def second_process(
+    database_url: str, redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[str]:
+    """Another gateway process on the same database and Redis; yields its WebSocket URL."""
+    async with gateway_process(database_url, redis_server.url, tmp_path / "b.log") as (_, url):
+        yield url

@@ -4,6 +4,7 @@ processes, cancel from a device on the other process, and the original SSE route
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,8 +21,8 @@ from tests.chatkit import (
     slow_reply,
     until,
 )
-from tests.conftest import RedisServer
-from tests.support import TIMEOUT_S, Gateway, make_settings, serve_gateway
+from tests.conftest import RedisServer, gateway_process
+from tests.support import TIMEOUT_S, Gateway, eventually, make_settings, serve_gateway
 from tests.wsclient import clinician_token, patient_token, recv, send, session
 
 
@@ -194,3 +195,52 @@ async def test_the_sse_route_needs_a_patient_token_and_answers_busy_with_409(
             assert response.status_code == 409
             assert response.json()["error"]["code"] == "busy"
             assert response.headers["retry-after"] == "1"
+
+
+async def test_a_message_survives_its_gateway_dying_mid_reply_and_a_resend_gets_the_reply(
+    database_url: str,
+    redis_server: RedisServer,
+    upstream: Upstream,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    slow_reply(upstream.behaviour, tokens=500)
+    patient, thread = uuid.uuid4(), uuid.uuid4()
+    frame = chat_send(thread, "Is this saved?", client_message_id="saved")
+    env = {"OPENAI_BASE_URL": upstream.url, "REPLY_LEASE_S": "5"}
+    async with gateway_process(database_url, redis_server.url, tmp_path / "a.log", **env) as (
+        doomed,
+        url,
+    ):
+        async with session(url, patient_token(patient)) as (ws, _):
+            await send(ws, frame)
+            assert (await recv(ws))["type"] == "ack"
+            await until(ws, "chat.delta")
+            doomed.kill()  # no drain, no clean-up: the reply is cut where it stands
+            await doomed.wait()
+    rows = await messages_of(db, thread)
+    assert [(r["role"], r["content"]) for r in rows] == [("user", "Is this saved?")]
+
+    upstream.behaviour.tokens, upstream.behaviour.token_delay_s = ["Yes."], 0.0
+    settings = make_settings(redis_url=redis_server.url, openai_base_url=upstream.url)
+    async with serve_gateway(settings, database_url) as survivor:
+        async with session(survivor.ws_url, patient_token(patient)) as (ws, _):
+
+            async def answered() -> bool:
+                # The dead process's lease on the thread runs out after REPLY_LEASE_S.
+                await send(ws, frame)
+                reply = await recv(ws)
+                if reply["type"] == "error":
+                    assert reply["error"]["code"] == "busy"
+                    return False
+                assert reply["type"] == "ack" and "response_id" in reply
+                return True
+
+            await eventually(answered, timeout=TIMEOUT_S * 2, what="the lease to run out")
+            before, done = await until(ws, "chat.done")
+            assert assert_in_order(before) == "Yes." and done["finish_reason"] == "stop"
+    rows = await messages_of(db, thread)
+    assert [(r["role"], r["content"]) for r in rows] == [
+        ("user", "Is this saved?"),
+        ("assistant", "Yes."),
+    ]
