@@ -5,9 +5,9 @@ input can return another patient's memory. Two strategies, chosen by how many me
 the patient has (bench/retrieval.py measured both; docs/benchmarks.md has the figures):
 
 - exact: the patient's own rows (btree on patient_id), every distance computed. Exact,
-  and fast while a patient has few memories: at 1536 dims about 15 ms at p99 for 700
-  memories, at 384 dims 9 ms for 1,000 (the cost per row rises with the dimensions, and
-  vectors above ~500 dims are stored out of line). Most patients stay in this range.
+  and fast while a patient has few memories: up to 2,000 memories p99 ≤ ~14 ms at 1536
+  dims (vectors stored in the row, sql/0004: out of line they cost three times as much)
+  and at 384 dims. Most patients stay in this range.
 - approximate: the HNSW index with pgvector's iterative scan (0.8+), which keeps scanning
   until enough rows pass the patient filter. For a patient with 5,000+ memories it found
   97–100 % of the exact top 10 at p99 ≤ 12 ms, where an exact scan took 30–330 ms.
@@ -30,7 +30,7 @@ from uuid import UUID
 from storage.database import Connection
 
 DEFAULT_K = 6
-DEFAULT_EXACT_LIMIT = 700  # for 1536 dims; see exact_limit_for
+DEFAULT_EXACT_LIMIT = 2000  # see exact_limit_for
 HNSW_EF_SEARCH = 100
 HNSW_MAX_SCAN_TUPLES = 200_000
 # An iterative scan stops when it has used this many times work_mem, found or not.
@@ -79,10 +79,12 @@ _APPROXIMATE = (
 
 
 def exact_limit_for(vector_dim: int) -> int:
-    """Up to how many memories exact search stays within ~15 ms at p99 (measured at 384
-    and 1536 dims on 2 cores; vectors above ~500 dims are stored out of line and cost
-    about three times as much per row)."""
-    return 2000 if vector_dim <= 512 else DEFAULT_EXACT_LIMIT
+    """Up to how many memories exact search stays within ~15 ms at p99: measured at 384
+    and 1536 dims on 2 cores (2,000 memories: p99 11–17 ms); above 1536 dims the cost per
+    row grows with the size, so the limit shrinks in proportion (not measured)."""
+    if vector_dim <= 1536:
+        return DEFAULT_EXACT_LIMIT
+    return DEFAULT_EXACT_LIMIT * 1536 // vector_dim
 
 
 async def nearest_memories(

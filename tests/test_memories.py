@@ -126,6 +126,5 @@ async def test_past_the_exact_limit_every_call_searches_the_hnsw_index(
 
 
 def test_the_exact_limit_follows_the_vector_size() -> None:
-    # Vectors above ~500 dims are stored out of line: exact search costs ~3x per row.
-    assert exact_limit_for(384) == 2000
-    assert exact_limit_for(1536) == 700
+    assert exact_limit_for(384) == exact_limit_for(1536) == 2000
+    assert exact_limit_for(2000) == 1536  # larger rows, proportionally fewer
