@@ -156,11 +156,11 @@ async def send(
             after_commit=after_commit,
         )
     except BaseException:
-        await _abandon(runtime, reply)
+        await _let_go(runtime, reply)
         raise
     outcome = written.results[-1]
     if isinstance(outcome, Rejected) or answered:
-        await _abandon(runtime, reply)
+        await _let_go(runtime, reply)
         return (
             ProtocolError(outcome.code, outcome.message) if isinstance(outcome, Rejected) else None
         )
@@ -239,12 +239,18 @@ async def _release(runtime: Runtime, reply: Reply) -> None:
         await release_reply(conn, reply.id)
 
 
-async def _abandon(runtime: Runtime, reply: Reply) -> None:
+async def _let_go(runtime: Runtime, reply: Reply) -> None:
+    """Forget a reply that ended or never started: its registration, its embedding if
+    still on its way, its topic, and its thread's lease unless already released."""
     runtime.replies.live.pop(reply.id, None)
     if reply.embedding is not None:
         reply.embedding.cancel()
     await runtime.hub.leave(reply.topic, reply)
-    await _release(runtime, reply)
+    if not reply.released:
+        try:
+            await _release(runtime, reply)
+        except Exception as exc:  # the lease expires by itself
+            log.warning("releasing a reply lease failed: %s", type(exc).__name__)
 
 
 # ---- the reply ----------------------------------------------------------------------
@@ -268,15 +274,7 @@ async def _run(runtime: Runtime, reply: Reply) -> None:
         log.error("storing a reply failed: %s", type(exc).__name__, exc_info=exc)
     finally:
         renewer.cancel()
-        if reply.embedding is not None:
-            reply.embedding.cancel()  # not awaited when the reply failed before it
-        runtime.replies.live.pop(reply.id, None)
-        await runtime.hub.leave(reply.topic, reply)
-        if not reply.released:
-            try:
-                await _release(runtime, reply)
-            except Exception as exc:  # the lease expires by itself
-                log.warning("releasing a reply lease failed: %s", type(exc).__name__)
+        await _let_go(runtime, reply)
 
 
 async def _embed(runtime: Runtime, text: str, what: str) -> list[float] | None:
@@ -299,8 +297,7 @@ async def _relay_until_stopped(
     if reply.stop_reason is None:
         reply.relay = asyncio.create_task(_relay(runtime, reply, messages))
         try:
-            result = await reply.relay
-            return result if isinstance(result, Usage) else None
+            return await reply.relay
         except asyncio.CancelledError:
             if not reply.relay.cancelled() or reply.stop_reason is None:
                 raise  # this task itself is being cancelled

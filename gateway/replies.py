@@ -8,14 +8,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID, uuid4
 
 from gateway.hub import patient_topic
 from gateway.reply import ReplyStream
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
-from protocol.frames import ChatDelta, ChatDone
+from protocol.frames import ChatDelta, ChatDone, Usage
 from storage.changes import FinishReason
 
 CANCEL_SIGNAL = "chat.cancel"  # hub signal: stop the reply whose id is the payload
@@ -64,7 +64,7 @@ class Reply:
         self.stream = ReplyStream(request.patient_id, request.thread_id, self.id, window_s=window_s)
         self.stop_reason: FinishReason | None = None
         self.embedding: asyncio.Task[list[float] | None] | None = None  # the message's
-        self.relay: asyncio.Task[Any] | None = None  # the model's stream, while it runs
+        self.relay: asyncio.Task[Usage | None] | None = None  # the model's stream
         # Deltas leave in seq order: a seq is given and its delta published under this lock,
         # by the relay or by the flush timer at the end of a coalescing window.
         self.sending = asyncio.Lock()
