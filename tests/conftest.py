@@ -138,9 +138,10 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server process of the test's own, on a unix socket."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.socket = directory / "redis.sock"
         self.url = f"unix://{self.socket}"
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -158,6 +159,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.socket.parent),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -174,7 +176,7 @@ class RedisServer:
                 writer.write(b"PING\r\n")
                 reply = await reader.readline()
                 writer.close()
-                if reply.startswith(b"+PONG"):
+                if reply.startswith((b"+PONG", b"-NOAUTH")):
                     return
 
     def stop(self) -> None:

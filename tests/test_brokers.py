@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from gateway.broker import Broker
+from gateway.broker import Broker, BrokerUnavailable
 from gateway.broker.memory import MemoryBroker
 from gateway.broker.redis import RedisBroker
 from tests.conftest import RedisServer
@@ -88,3 +91,28 @@ async def test_unsubscribe_stops_delivery_and_subscribe_is_idempotent(
 async def test_ping_answers_while_the_broker_is_up(broker: tuple[Broker, Inbox]) -> None:
     instance, _ = broker
     await instance.ping()
+
+
+async def test_redis_with_a_password_takes_the_right_one_and_refuses_a_wrong_one() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="redis-"))
+    server = RedisServer(directory, password="s3cret")
+    server.start()
+    try:
+        await server.wait_ready()
+        right = RedisBroker(f"unix://:s3cret@{server.socket}")
+        inbox = Inbox()
+        await right.start(inbox.on_message, inbox.on_recovered)
+        wrong = RedisBroker(f"unix://:guess@{server.socket}")
+        try:
+            await right.subscribe("patient:a")
+            await right.publish("patient:a", b"hello")
+            assert await inbox.next() == ("patient:a", b"hello")
+            with pytest.raises(BrokerUnavailable):
+                await wrong.publish("patient:a", b"refused")
+            await inbox.nothing()
+        finally:
+            await right.close()
+            await wrong.close()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,11 +1,12 @@
 """Redis pub/sub broker: fan-out across gateway processes and hosts.
 
-One subscriber connection per process carries every topic this process has local
-listeners for, plus a private control channel that keeps the connection subscribed (and
-so readable) while no topic is. When the connection drops, a reconnect loop backs off,
-resubscribes every topic and reports the recovery, so sessions can tell their clients to
-catch up from PostgreSQL. Publishing goes through one pipelined connection of its own
-(gateway/broker/publisher.py).
+One subscriber link per process (gateway/broker/link.py) carries every topic this
+process has local listeners for, plus a private control channel that keeps the
+connection subscribed while no topic is; each pushed message is handed on from the event
+loop's read callback. When the connection drops, a reconnect loop backs off, resubscribes
+every topic and reports the recovery, so sessions can tell their clients to catch up
+from PostgreSQL. Publishing goes through one pipelined link of its own
+(gateway/broker/publisher.py); readiness pings use a redis-py client.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
 
 from gateway.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
+from gateway.broker.link import Link, LinkLost, Reply, command, open_link
 from gateway.broker.publisher import Publisher, PublishFailed
 from gateway.metrics import BROKER_PUBLISH_FAILURES
 
@@ -46,17 +47,20 @@ class RedisBroker:
     name = "redis"
 
     def __init__(self, url: str) -> None:
-        self._client = redis_client(url)  # subscriptions and pings
+        self._url = url
+        self._client = redis_client(url)  # pings
         self._publisher = Publisher(url)
         self._control = f"painar:gateway:{uuid.uuid4()}"
         self._topics: set[str] = set()
         self._confirmations: dict[str, asyncio.Future[None]] = {}
-        self._pubsub: Any = None
+        self._link: Link | None = None  # the subscriber, while connected
+        self._on_message: MessageHandler | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
     async def start(self, on_message: MessageHandler, on_recovered: RecoveryHandler) -> None:
-        self._reader = asyncio.create_task(self._read(on_message, on_recovered))
+        self._on_message = on_message
+        self._reader = asyncio.create_task(self._read(on_recovered))
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
                 await self._connected.wait()
@@ -80,71 +84,83 @@ class RedisBroker:
 
     async def subscribe(self, topic: str) -> None:
         self._topics.add(topic)
-        if self._pubsub is None or not self._connected.is_set():
+        if self._link is None or not self._connected.is_set():
             return  # the reconnect loop subscribes it
-        confirmed = self._confirmations.setdefault(
-            topic, asyncio.get_running_loop().create_future()
-        )
         try:
-            await self._pubsub.subscribe(topic)
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                await asyncio.shield(confirmed)
-        except (RedisError, OSError, TimeoutError) as exc:
+            await self._subscribe(self._link, topic)
+        except (LinkLost, TimeoutError) as exc:
             log.warning("redis subscribe failed: %s", type(exc).__name__)
-        finally:
-            if self._confirmations.get(topic) is confirmed and confirmed.done():
-                del self._confirmations[topic]
 
     async def unsubscribe(self, topic: str) -> None:
         self._topics.discard(topic)
-        if self._pubsub is not None and self._connected.is_set():
+        if self._link is not None and self._connected.is_set():
             try:
-                await self._pubsub.unsubscribe(topic)
-            except (RedisError, OSError) as exc:
+                self._link.write(command(b"UNSUBSCRIBE", topic.encode()))
+            except LinkLost as exc:
                 log.warning("redis unsubscribe failed: %s", type(exc).__name__)
 
     async def ping(self) -> None:
         await self._client.ping()
 
-    async def _read(self, on_message: MessageHandler, on_recovered: RecoveryHandler) -> None:
+    async def _subscribe(self, link: Link, *topics: str) -> None:
+        """Subscribe and wait until Redis confirms every topic."""
+        loop = asyncio.get_running_loop()
+        waits = [self._confirmations.setdefault(t, loop.create_future()) for t in topics]
+        link.write(command(b"SUBSCRIBE", *(t.encode() for t in topics)))
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await asyncio.gather(*(asyncio.shield(w) for w in waits))
+        finally:
+            for topic, confirmed in zip(topics, waits, strict=True):
+                if self._confirmations.get(topic) is confirmed and confirmed.done():
+                    del self._confirmations[topic]
+
+    def _pushed(self, reply: Reply) -> None:
+        """A message or a confirmation the subscriber link received."""
+        if not isinstance(reply, list) or len(reply) != 3:
+            if isinstance(reply, hiredis.ReplyError):
+                log.warning("redis refused a subscription command")
+            return
+        kind, channel = reply[0], reply[1].decode()
+        if kind == b"message":
+            assert self._on_message is not None
+            try:
+                self._on_message(channel, reply[2])
+            except Exception:  # one bad delivery must not take the link down
+                log.exception("delivering a broker message failed")
+        elif kind == b"subscribe":
+            confirmed = self._confirmations.get(channel)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+    async def _read(self, on_recovered: RecoveryHandler) -> None:
         backoff = BACKOFF_MIN_S
         lost = False
         while True:
-            pubsub = self._client.pubsub()
+            link: Link | None = None
             try:
-                await pubsub.subscribe(self._control, *self._topics)
-                self._pubsub = pubsub
+                link = await open_link(self._url)
+                link.on_reply = self._pushed
+                await self._subscribe(link, self._control, *self._topics)
+                self._link = link
                 self._connected.set()
                 if lost:
                     log.info("redis broker link recovered")
                     lost = False
                     on_recovered()
                 backoff = BACKOFF_MIN_S
-                async for message in pubsub.listen():
-                    kind = message["type"]
-                    channel = message["channel"].decode()
-                    if kind == b"message" or kind == "message":
-                        on_message(channel, message["data"])
-                    elif kind in (b"subscribe", "subscribe"):
-                        confirmed = self._confirmations.get(channel)
-                        if confirmed is not None and not confirmed.done():
-                            confirmed.set_result(None)
+                await link.closed
+                raise LinkLost("connection to redis lost")
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (LinkLost, OSError, TimeoutError) as exc:
                 if not lost:
                     log.warning("redis broker link lost (%s); reconnecting", type(exc).__name__)
                 lost = True
             finally:
                 self._connected.clear()
-                self._pubsub = None
-                await _close_quietly(pubsub)
+                self._link = None
+                if link is not None:
+                    link.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    try:
-        await pubsub.aclose()
-    except (RedisError, OSError):
-        pass
