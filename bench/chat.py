@@ -8,7 +8,12 @@ own, stamping each token with the time it sent it; embeddings come from the same
 
 (a) One patient, one socket on each process; EXCHANGES chat.sends one after another.
     The upstream waits 50 ms, then sends 12 tokens 25 ms apart (slower than the 20 ms
-    coalescing window, so each token travels as its own delta).
+    coalescing window, so each token travels as its own delta), and the chunk that ends
+    the stream FINISH_DELAY s (default 0.025) after the last one: a model that stops on
+    its own samples an end-of-sequence token, one more decoding step. FINISH_DELAY=0 is
+    the end right behind the last text (a reply cut at its length limit): the gateway's
+    end-of-reply work (embedding, storing) then competes for the 2 cores with that last
+    delta's delivery.
     Added time to first token = (first delta at the sender − chat.send sent) − (the
     upstream's first token sent − its request received): everything but the model's own
     wait (storing the message, the embedding call, retrieval, the prompt, the relay).
@@ -18,7 +23,8 @@ own, stamping each token with the time it sent it; embeddings come from the same
     token sent); the slowest socket counts. ROUNDS rounds.
 (c) As (b) with PATIENTS patients (4 sockets each) chatting at once.
 
-    just bench chat      (MEMORIES=100000 EXCHANGES=100 ROUNDS=5 PATIENTS=200 to change)
+    just bench chat      (MEMORIES=100000 EXCHANGES=100 ROUNDS=5 PATIENTS=200
+                          FINISH_DELAY=0.025 PHASES=abc to change)
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ MEMORIES = int(os.environ.get("MEMORIES", "100000"))
 EXCHANGES = int(os.environ.get("EXCHANGES", "100"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 PATIENTS = int(os.environ.get("PATIENTS", "200"))
+FINISH_DELAY = float(os.environ.get("FINISH_DELAY", "0.025"))
 PHASES = os.environ.get("PHASES", "abc")  # which of (a), (b), (c) to run
 BURST_TOKENS = 500
 DIM = 1536
@@ -134,7 +141,12 @@ async def first_token_and_relay(
     """(a): added time to first token (ms); relay overhead (ms) at the sender's process,
     at the other process, and at both leaving out each reply's last delta."""
     await configure(
-        http, tokens=["t"] * 12, first_token_delay_s=0.05, token_delay_s=0.025, stamp=True
+        http,
+        tokens=["t"] * 12,
+        first_token_delay_s=0.05,
+        token_delay_s=0.025,
+        finish_delay_s=FINISH_DELAY,
+        stamp=True,
     )
     patient, thread = uuid.uuid4(), uuid.uuid4()
     sender = await connect(ports[0], patient, "headset")
@@ -173,6 +185,7 @@ async def burst(
         tokens=["t"] * BURST_TOKENS,
         first_token_delay_s=0.0,
         token_delay_s=0.0,
+        finish_delay_s=0.0,
         stamp=True,
     )
     groups = []
@@ -266,7 +279,8 @@ def raise_priority() -> None:
 async def report_first_token_and_relay(http: httpx.AsyncClient, ports: list[int]) -> None:
     added, same, other, not_last = await first_token_and_relay(http, ports)
     print(
-        f"(a) {EXCHANGES} exchanges: added time to first token p50 "
+        f"(a) {EXCHANGES} exchanges, the stream's end {FINISH_DELAY * 1000:g} ms after its "
+        f"last token: added time to first token p50 "
         f"{percentile(added, 50):.1f} ms, p99 {percentile(added, 99):.1f} ms; "
         f"relay overhead per delta p50/p99: sender's process "
         f"{percentile(same, 50):.2f}/{percentile(same, 99):.2f} ms, other process "

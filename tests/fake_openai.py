@@ -24,6 +24,9 @@ class Behaviour:
     first_token_delay_s: float = 0.0
     token_delay_s: float = 0.0
     token_delays: list[float] | None = None  # per token, instead of token_delay_s
+    # Before the chunk that says why the stream stopped: a model's stop is a decoding step
+    # of its own, so a real stream's end comes about one token interval after its last text.
+    finish_delay_s: float = 0.0
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
     cut_after: int | None = None  # drop the connection after this many tokens
     error_after: int | None = None  # send an error event after this many tokens
@@ -76,6 +79,8 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
                     content = {"content": token}
                     choice = {"index": 0, "delta": content, "finish_reason": None}
                     yield b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+                if behaviour.finish_delay_s:
+                    await asyncio.sleep(behaviour.finish_delay_s)
             except (asyncio.CancelledError, GeneratorExit):
                 behaviour.aborted += 1
                 raise
