@@ -116,3 +116,25 @@ async def test_redis_with_a_password_takes_the_right_one_and_refuses_a_wrong_one
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_failing_delivery_does_not_take_the_redis_subscriber_down(
+    redis_server: RedisServer,
+) -> None:
+    inbox = Inbox()
+
+    def on_message(topic: str, message: bytes) -> None:
+        if message == b"bad":
+            raise RuntimeError("a listener failed")
+        inbox.on_message(topic, message)
+
+    broker = RedisBroker(redis_server.url)
+    await broker.start(on_message, inbox.on_recovered)
+    try:
+        await broker.subscribe("patient:a")
+        await broker.publish("patient:a", b"bad")
+        await broker.publish("patient:a", b"good")
+        assert await inbox.next() == ("patient:a", b"good")
+        assert inbox.recoveries == 0  # the link stayed up
+    finally:
+        await broker.close()
