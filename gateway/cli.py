@@ -1,4 +1,4 @@
-"""`painar-gateway` (also `python -m gateway`): serve, migrate, token."""
+"""`painar-gateway` (also `python -m gateway`): serve, migrate, token, schema."""
 
 from __future__ import annotations
 

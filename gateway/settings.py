@@ -128,6 +128,8 @@ class Settings(BaseSettings):
                 "SECRET_KEY: set a secret of at least 32 characters "
                 "(the development default is accepted only with DEBUG=true)"
             )
+        if not secret:
+            raise SettingsError("SECRET_KEY: must not be empty")
         if not self.debug and len(secret) < 32:
             raise SettingsError("SECRET_KEY: must be at least 32 characters")
         if self.db_pool_max < self.db_pool_min:

@@ -46,6 +46,7 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"DEBUG": "perhaps"}, "DEBUG"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"SECRET_KEY": "too-short"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "", "DEBUG": "true"}, "SECRET_KEY"),
         ({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"}, "DB_POOL_MAX"),
         ({"DB_POOL_MIN": "0"}, "DB_POOL_MIN"),
         ({"RETRIEVAL_K": "51"}, "RETRIEVAL_K"),
