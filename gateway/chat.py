@@ -67,7 +67,6 @@ from protocol.frames import (
 )
 from storage.changes import (
     Applied,
-    Duplicate,
     FinishReason,
     MessageData,
     Mutation,
@@ -77,7 +76,13 @@ from storage.changes import (
 )
 from storage.database import Connection
 from storage.memories import nearest_memories, store_memory
-from storage.replies import claim_reply, is_answered, recent_turns, release_reply, renew_reply
+from storage.replies import (
+    claim_reply,
+    recent_turns,
+    release_reply,
+    renew_reply,
+    sent_message,
+)
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -128,27 +133,38 @@ async def send(
     await runtime.hub.join(reply.topic, reply)
     # The embedding does not depend on the write: fetch it while the message is stored.
     reply.embedding = asyncio.create_task(_embed(runtime, request.text, "message"))
+    refused: ProtocolError | None = None
     answered = False
 
     async def after_commit(conn: Connection, result: WriteResult) -> list[ServerFrame]:
-        nonlocal answered
+        nonlocal refused, answered
         outcome = result.results[-1]
         if isinstance(outcome, Rejected):
+            refused = ProtocolError(outcome.code, outcome.message)
             return []
-        if isinstance(outcome, Duplicate):
-            answered = await is_answered(conn, message_id)
-            ack(None if answered else reply.id)
+        if isinstance(outcome, Applied):
+            ack(reply.id)
+            assert outcome.change.data is not None
+            return [_user_message(request, message_id, outcome.change.data["created_at"])]
+        # A replay: the same device sent this client_message_id before.
+        sent = await sent_message(conn, request.patient_id, message_id)
+        if sent is None:  # the device's earlier change under that id was not this message
+            refused = ProtocolError(
+                ErrorCode.CONFLICT,
+                "client_message_id: this device already used it for another change",
+            )
             return []
-        ack(reply.id)
-        assert isinstance(outcome, Applied) and outcome.change.data is not None
-        return [_user_message(request, message_id, outcome.change.data)]
+        answered = sent.answered or sent.deleted
+        ack(None if answered else reply.id)
+        # The sender sees the message before the reply, this time too.
+        return [] if answered else [_user_message(request, message_id, sent.created_at)]
 
     mutations = [_user_mutation(request, message_id)]
     if claim.thread == "missing":
         title = ThreadData(title=request.text[:TITLE_CHARS])
         mutations.insert(0, Mutation("thread", "upsert", request.thread_id, title))
     try:
-        written = await write_changes(
+        await write_changes(
             runtime,
             request.patient_id,
             mutations,
@@ -158,12 +174,9 @@ async def send(
     except BaseException:
         await _let_go(runtime, reply)
         raise
-    outcome = written.results[-1]
-    if isinstance(outcome, Rejected) or answered:
+    if refused is not None or answered:
         await _let_go(runtime, reply)
-        return (
-            ProtocolError(outcome.code, outcome.message) if isinstance(outcome, Rejected) else None
-        )
+        return refused
 
     replies = runtime.replies
     task = asyncio.create_task(_run(runtime, reply))
@@ -216,10 +229,13 @@ def _user_mutation(request: ChatRequest, message_id: UUID) -> Mutation:
         svg_path=request.svg_path,
         source=request.source,
     )
-    return Mutation("message", "upsert", message_id, data, request.client_message_id)
+    # Its own namespace among the device's mutation ids: a sync.push id that happens to
+    # equal a client_message_id is another change.
+    key = None if request.client_message_id is None else f"chat:{request.client_message_id}"
+    return Mutation("message", "upsert", message_id, data, key)
 
 
-def _user_message(request: ChatRequest, message_id: UUID, data: dict[str, object]) -> ChatMessage:
+def _user_message(request: ChatRequest, message_id: UUID, created_at: object) -> ChatMessage:
     body = ChatMessageBody.model_validate(
         {
             "id": message_id,
@@ -227,7 +243,7 @@ def _user_message(request: ChatRequest, message_id: UUID, data: dict[str, object
             "content": request.text,
             "svg_path": request.svg_path,
             "source": request.source,
-            "created_at": data["created_at"],
+            "created_at": created_at,
             "device_id": request.device_id,
         }
     )

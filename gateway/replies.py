@@ -41,14 +41,17 @@ class ChatRequest:
 class UpstreamFailure(Exception):
     kind: str  # the metric label
     message: str
-    retryable: bool
+    retryable: bool  # by the gateway, before the first token
     timeout: bool = False
 
     def error(self) -> ProtocolError:
+        """What the sender is told. Sending again can help unless the model refused the
+        request itself (a 4xx other than 429: a bad key or model, a prompt it will not
+        take), which a resend repeats."""
         if self.kind == "internal":
             return ProtocolError(ErrorCode.INTERNAL, self.message, retryable=True)
         code = ErrorCode.UPSTREAM_TIMEOUT if self.timeout else ErrorCode.UPSTREAM_ERROR
-        return ProtocolError(code, self.message, retryable=True)
+        return ProtocolError(code, self.message, retryable=self.kind != "client_error")
 
 
 class Reply:

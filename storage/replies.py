@@ -1,6 +1,6 @@
 """What the chat pipeline reads and holds around a reply: the per-thread lease that lets
 one reply stream at a time (across every gateway process), the thread's recent turns,
-and whether a user message already has its answer.
+and what a replayed chat.send finds of its message.
 
 A lease, not a lock held for the reply's length: it expires by itself when the process
 holding it dies, and the holder renews it while the reply streams.
@@ -9,6 +9,7 @@ holding it dies, and the holder renews it while the reply streams.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
@@ -99,15 +100,29 @@ async def recent_turns(
     return [StoredTurn(r["id"], r["role"], r["content"]) for r in rows]
 
 
-async def is_answered(conn: Connection, message_id: UUID) -> bool:
-    """Whether the user message has a reply that ended normally (a replayed chat.send
-    of it then asks for nothing more)."""
-    answered = await conn.fetchval(
+@dataclass(frozen=True)
+class SentMessage:
+    """A user message an earlier chat.send stored, as a replay of that send finds it."""
+
+    created_at: datetime
+    deleted: bool
+    answered: bool  # it has a reply that ended normally: a replay asks for nothing more
+
+
+async def sent_message(conn: Connection, patient_id: UUID, message_id: UUID) -> SentMessage | None:
+    """The patient's user message `message_id`, or None if there is none."""
+    row = await conn.fetchrow(
         """
-        SELECT EXISTS (
-            SELECT 1 FROM messages
-            WHERE reply_to = $1 AND NOT deleted AND finish_reason IN ('stop', 'length'))
+        SELECT m.created_at, m.deleted, EXISTS (
+            SELECT 1 FROM messages r
+            WHERE r.reply_to = m.id AND NOT r.deleted AND r.finish_reason IN ('stop', 'length')
+        ) AS answered
+        FROM messages m
+        WHERE m.id = $1 AND m.patient_id = $2 AND m.role = 'user'
         """,
         message_id,
+        patient_id,
     )
-    return bool(answered)
+    if row is None:
+        return None
+    return SentMessage(row["created_at"], row["deleted"], row["answered"])

@@ -125,7 +125,7 @@ async def test_429_and_500_before_the_first_token_are_retried(
 
 
 @pytest.mark.parametrize("chat_gateway", [{"chat_retries": 3}], indirect=True)
-async def test_a_client_error_from_the_model_is_not_retried(
+async def test_a_client_error_from_the_model_is_not_retried_nor_retryable(
     chat_gateway: Gateway, upstream: Upstream
 ) -> None:
     upstream.behaviour.fail_with = [400]
@@ -134,6 +134,7 @@ async def test_a_client_error_from_the_model_is_not_retried(
         before, done = await until(ws, "chat.done")
     [error] = [f["error"] for f in before if f["type"] == "error"]
     assert error["code"] == "upstream_error" and "400" in error["message"]
+    assert error["retryable"] is False  # a resend would be refused the same way
     assert done["finish_reason"] == "error"
     assert len(upstream.behaviour.chat_requests) == 1
 
@@ -148,17 +149,19 @@ async def test_a_model_that_keeps_failing_ends_the_reply_and_a_replay_asks_again
     async with session(chat_gateway.ws_url, patient_token(patient)) as (ws, _):
         await send(ws, frame)
         before, done = await until(ws, "chat.done")
+        [message] = [f["message"] for f in before if f["type"] == "chat.message"]
         [error] = [f["error"] for f in before if f["type"] == "error"]
         assert error["code"] == "upstream_error" and error["ref"] == "c1" and error["retryable"]
         assert done["finish_reason"] == "error" and not deltas(before)
         assert len(upstream.behaviour.chat_requests) == 2
         await until(ws, "sync.delta")  # the failed reply's own change
-        # The message was kept; sending it again (same client_message_id) asks again.
+        # The message was kept; sending it again (same client_message_id) asks again,
+        # and the sender sees the same message (not a second one) before the reply.
         await send(ws, frame)
         ack = await recv(ws)
         assert ack["type"] == "ack" and "response_id" in ack
         before, done = await until(ws, "chat.done")
-        assert not [f for f in before if f["type"] == "chat.message"]  # not stored twice
+        assert [f["message"] for f in before if f["type"] == "chat.message"] == [message]
         assert done["finish_reason"] == "stop" and assert_in_order(before) == "Hello, there."
         await until(ws, "sync.delta")  # the answer's own change
         # Once answered, a replay is acknowledged and nothing more happens.
@@ -344,6 +347,36 @@ async def test_threads_of_another_patient_or_deleted_ones_are_refused(
         assert error["error"]["code"] == "conflict"
     contents = [r["content"] for r in await messages_of(db, thread)]
     assert "Not mine" not in contents and "Again" not in contents
+    assert await db.fetchval("SELECT count(*) FROM reply_leases") == 0
+
+
+async def test_client_message_ids_and_sync_push_mutation_ids_do_not_collide(
+    chat_gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    thread, other = uuid.uuid4(), uuid.uuid4()
+    async with session(chat_gateway.ws_url, patient_token()) as (ws, _):
+        # A device that numbers both kinds of id from one counter.
+        title = {"title": "Knee"}
+        push = {"mutation_id": "7", "entity": "thread", "op": "upsert", "id": str(thread)}
+        await send(ws, {"type": "sync.push", "id": "p", "mutations": [{**push, "data": title}]})
+        assert (await until(ws, "sync.ack"))[1]["applied"] == ["7"]
+        await send(ws, chat_send(thread, "My knee is stiff", client_message_id="7"))
+        ack = await recv(ws)
+        assert ack["type"] == "ack" and "response_id" in ack
+        _, done = await until(ws, "chat.done")
+        assert done["finish_reason"] == "stop"
+        # Only a push id that takes chat's own namespace names the same change: refused.
+        push = {**push, "mutation_id": "chat:8", "id": str(other)}
+        await send(ws, {"type": "sync.push", "id": "q", "mutations": [{**push, "data": title}]})
+        await until(ws, "sync.ack")
+        await send(ws, chat_send(thread, "Is swelling normal?", client_message_id="8"))
+        _, error = await until(ws, "error")
+        assert error["error"]["code"] == "conflict"
+        assert error["error"]["message"].startswith("client_message_id")
+        await send(ws, {"type": "ping"})
+        assert (await recv(ws))["type"] == "pong"  # still usable
+    contents = [r["content"] for r in await messages_of(db, thread)]
+    assert contents == ["My knee is stiff", "Hello, there."]
     assert await db.fetchval("SELECT count(*) FROM reply_leases") == 0
 
 
