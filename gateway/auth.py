@@ -81,7 +81,9 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         raise AuthError("token claim role must be 'patient' or 'clinician'")
     sub = _uuid(claims.get("sub"), "sub")
     device_id = claims.get("device_id")
-    if device_id is not None and not (isinstance(device_id, str) and 0 < len(device_id) <= 128):
+    if device_id is not None and not (
+        isinstance(device_id, str) and 0 < len(device_id) <= 128 and "\x00" not in device_id
+    ):
         raise AuthError("token claim device_id must be a string of 1 to 128 characters")
     if role == "patient":
         return Identity("patient", sub, _uuid(claims.get("patient_id"), "patient_id"), device_id)

@@ -16,7 +16,7 @@ from typing import Annotated
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -27,7 +27,7 @@ from gateway.runtime import Runtime
 from gateway.sync import device_key
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
-from protocol.frames import MAX_TEXT_CHARS, ChatDelta, ChatDone, SvgPath
+from protocol.frames import MAX_TEXT_CHARS, ChatDelta, ChatDone, ClientText, SvgPath
 
 _STATUS = {
     ErrorCode.BUSY: 409,
@@ -38,7 +38,7 @@ _STATUS = {
 }
 
 
-class LegacyChat(BaseModel):
+class LegacyChat(ClientText):
     model_config = ConfigDict(extra="ignore")
     thread_id: UUID
     message: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]

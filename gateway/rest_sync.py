@@ -25,12 +25,12 @@ from gateway.rest import error_response, patient_identity, read_body
 from gateway.runtime import Runtime
 from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
 from protocol.codec import describe
-from protocol.frames import MAX_MUTATIONS, MAX_PULL_LIMIT
+from protocol.frames import MAX_MUTATIONS, MAX_PULL_LIMIT, ClientText
 
 Operation = Literal["insert", "update", "delete"]
 
 
-class LegacyItem(BaseModel):
+class LegacyItem(ClientText):
     # The original clients sent Realm objects with more fields than these: ignore them.
     model_config = ConfigDict(extra="ignore")
     id: UUID
@@ -49,7 +49,7 @@ class LegacyMessage(LegacyItem):
     created_at: datetime | None = None
 
 
-class LegacySync(BaseModel):
+class LegacySync(ClientText):
     model_config = ConfigDict(extra="ignore")
     threads: list[LegacyThread] = []
     messages: list[LegacyMessage] = []

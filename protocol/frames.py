@@ -42,8 +42,20 @@ AudioFormat = Literal["pcm16", "wav", "webm", "ogg", "mp3", "m4a"]
 Role = Literal["patient", "clinician"]
 
 
-class ClientPart(BaseModel):
-    """Anything a client sends: unknown fields are refused."""
+class ClientText(BaseModel):
+    """A model of client input whose strings may not hold NUL characters: PostgreSQL text
+    cannot store them, so they are refused here, naming the field, not at the database."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class ClientPart(ClientText):
+    """Anything a client sends over the socket: unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

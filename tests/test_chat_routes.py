@@ -160,6 +160,7 @@ async def test_the_sse_route_reports_a_failed_model_before_done(
         ({"thread_id": "nope", "message": "hi"}, 422, "thread_id"),
         ({"thread_id": str(uuid.uuid4()), "message": ""}, 422, "message"),
         ({"thread_id": str(uuid.uuid4()), "message": "hi", "svg_path": "Q"}, 422, "svg_path"),
+        ({"thread_id": str(uuid.uuid4()), "message": "a\u0000b"}, 422, "message"),
         ("not json", 400, "body"),
     ],
 )

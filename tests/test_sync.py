@@ -149,6 +149,11 @@ async def test_each_invalid_mutation_is_rejected_alone_and_stores_nothing(
             ({**thread("r5", uuid.uuid4()), "data": {"title": 5}}, "invalid", "data.title"),
             ({**thread("r6", uuid.uuid4()), "data": {"titel": "typo"}}, "invalid", "data.titel"),
             (
+                {**thread("r6n", uuid.uuid4()), "data": {"title": "a\u0000b"}},
+                "invalid",
+                "data.title: must not contain NUL",
+            ),
+            (
                 {
                     "mutation_id": "r7",
                     "entity": "thread",
@@ -308,6 +313,13 @@ async def test_post_sync_takes_the_original_payload_and_a_retry_is_idempotent(
             + b'", "operation": "upsert"}]}',
             422,
             "threads.0.operation",
+        ),
+        (
+            b'{"client_id": "c", "threads": [{"id": "'
+            + str(uuid.UUID(int=1)).encode()
+            + b'", "operation": "insert", "title": "a\\u0000b"}]}',
+            422,
+            "threads.0.title",
         ),
     ],
 )

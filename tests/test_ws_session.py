@@ -91,8 +91,19 @@ def unsigned() -> str:
         (lambda: "not.a.jwt", "invalid token"),
         (lambda: hs256({"role": "admin"}), "role"),
         (lambda: hs256({"patient_id": "nope"}), "patient_id"),
+        (lambda: hs256({"device_id": "head\u0000set"}), "device_id"),
     ],
-    ids=["bad-signature", "expired", "audience", "alg-none", "dev-token", "garbage", "role", "pid"],
+    ids=[
+        "bad-signature",
+        "expired",
+        "audience",
+        "alg-none",
+        "dev-token",
+        "garbage",
+        "role",
+        "pid",
+        "device-nul",
+    ],
 )
 async def test_refused_tokens_get_an_error_then_4401(
     gateway: Gateway, token: Any, reason: str
@@ -152,6 +163,14 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
             "f3",
         ),
         ('{"type": "sync.pull", "id": "f4", "since": -1}', "invalid", "since:", "f4"),
+        (
+            '{"type": "chat.send", "id": "f7", "thread_id": "'
+            + str(uuid.UUID(int=7))
+            + '", "text": "knee\\u0000pain"}',
+            "invalid",
+            "text: must not contain NUL",
+            "f7",
+        ),
         (b"\x00\x01", "bad_frame", "20-byte header", None),
         ('{"type": "auth", "token": "x"}', "invalid", "only as the first frame", None),
         (
