@@ -25,7 +25,7 @@ from gateway.rest import error_response, patient_identity, read_body
 from gateway.runtime import Runtime
 from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
 from protocol.codec import describe
-from protocol.frames import MAX_MUTATIONS, MAX_PULL_LIMIT, ClientText
+from protocol.frames import MAX_MUTATIONS, MAX_PULL_LIMIT, MAX_VERSION, ClientText
 
 Operation = Literal["insert", "update", "delete"]
 
@@ -64,7 +64,7 @@ class LegacySync(ClientText):
 
 
 class PullQuery(BaseModel):
-    since: Annotated[int, Field(ge=0)] = 0
+    since: Annotated[int, Field(ge=0, le=MAX_VERSION)] = 0
     limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] = DEFAULT_PULL_LIMIT
 
 

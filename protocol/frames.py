@@ -31,6 +31,7 @@ MAX_ID_CHARS = 128
 MAX_MUTATIONS = 500
 MAX_TEXT_CHARS = 8000
 MAX_PULL_LIMIT = 1000
+MAX_VERSION = 2**63 - 1  # versions are PostgreSQL bigints
 
 FreeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 # The body-map region a patient marked: length-limited and checked against the SVG path
@@ -175,7 +176,7 @@ class SyncPush(ClientFrame):
 class SyncPull(ClientFrame):
     type: Literal["sync.pull"]
     id: FreeId
-    since: Annotated[int, Field(ge=0)]
+    since: Annotated[int, Field(ge=0, le=MAX_VERSION)]
     patient_id: UUID | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] | None = None
 

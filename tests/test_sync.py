@@ -341,5 +341,7 @@ async def test_the_sync_routes_need_a_patients_bearer_token(gateway: Gateway) ->
         clinician = {"Authorization": f"Bearer {clinician_token()}"}
         assert (await http.post("/sync/", json={}, headers=clinician)).status_code == 403
         patient = {"Authorization": f"Bearer {patient_token()}"}
-        wrong = await http.get("/sync/", params={"since": -1}, headers=patient)
-        assert wrong.status_code == 422 and wrong.json()["error"]["message"].startswith("since")
+        for since in (-1, 2**63):  # below zero, beyond a bigint
+            wrong = await http.get("/sync/", params={"since": since}, headers=patient)
+            assert wrong.status_code == 422
+            assert wrong.json()["error"]["message"].startswith("since")

@@ -163,6 +163,7 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
             "f3",
         ),
         ('{"type": "sync.pull", "id": "f4", "since": -1}', "invalid", "since:", "f4"),
+        (f'{{"type": "sync.pull", "id": "f8", "since": {2**63}}}', "invalid", "since:", "f8"),
         (
             '{"type": "chat.send", "id": "f7", "thread_id": "'
             + str(uuid.UUID(int=7))
