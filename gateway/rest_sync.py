@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -25,7 +24,14 @@ from gateway.rest import error_response, patient_identity, read_body
 from gateway.runtime import Runtime
 from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
 from protocol.codec import describe
-from protocol.frames import MAX_MUTATIONS, MAX_PULL_LIMIT, MAX_VERSION, ClientText
+from protocol.frames import (
+    MAX_MUTATIONS,
+    MAX_PULL_LIMIT,
+    MAX_VERSION,
+    ClientText,
+    ClientTime,
+    SvgPath,
+)
 
 Operation = Literal["insert", "update", "delete"]
 
@@ -45,8 +51,13 @@ class LegacyMessage(LegacyItem):
     thread_id: UUID
     role: str = "user"
     content: str = ""
-    svg_path: str | None = None
-    created_at: datetime | None = None
+    svg_path: SvgPath | None = None
+    created_at: ClientTime | None = None
+
+    @field_validator("svg_path", mode="before")
+    @classmethod
+    def _no_region(cls, value: object) -> object:
+        return None if value == "" else value  # how the original clients said "none"
 
 
 class LegacySync(ClientText):

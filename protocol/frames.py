@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -39,6 +39,22 @@ FreeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 SvgPath = Annotated[
     str, Field(min_length=1, max_length=MAX_SVG_PATH_CHARS), AfterValidator(check_svg_path)
 ]
+
+
+def _storable_time(value: datetime) -> datetime:
+    """In UTC (a time without a zone is UTC), as PostgreSQL stores it and Python reads it
+    back: an offset under 16 hours, a year from 1 to 9999 once in UTC."""
+    offset = value.utcoffset()
+    if offset is not None and abs(offset) >= timedelta(hours=16):
+        raise ValueError("the UTC offset must be under 16 hours")
+    try:
+        return value.replace(tzinfo=UTC) if offset is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+
+
+# A time a client gives for something stored.
+ClientTime = Annotated[datetime, AfterValidator(_storable_time)]
 AudioFormat = Literal["pcm16", "wav", "webm", "ogg", "mp3", "m4a"]
 Role = Literal["patient", "clinician"]
 
@@ -151,8 +167,8 @@ class MessageFields(ClientPart):
     thread_id: UUID
     role: Literal["user", "assistant"]
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS * 4)]
-    svg_path: Annotated[str, Field(max_length=MAX_SVG_PATH_CHARS)] | None = None
-    created_at: datetime | None = None
+    svg_path: SvgPath | None = None
+    created_at: ClientTime | None = None
 
 
 class SyncPush(ClientFrame):

@@ -173,6 +173,17 @@ async def test_each_invalid_mutation_is_rejected_alone_and_stores_nothing(
                 "role",
             ),
             (message("r9", uuid.uuid4()), "not_found", "thread_id"),
+            (
+                message("r9t", mine, created_at="2026-01-01T00:00:00+16:00"),
+                "invalid",
+                "data.created_at: the UTC offset",
+            ),
+            (
+                message("r9y", mine, created_at="9999-12-31T23:59:59-10:00"),
+                "invalid",
+                "data.created_at: must fall within",
+            ),
+            (message("r9s", mine, svg_path="<script>"), "invalid", "data.svg_path"),
             (message("r10", theirs), "forbidden", "another patient"),
             (thread("r11", theirs), "forbidden", "another patient"),
             (thread("r12", gone), "conflict", "deleted"),
@@ -253,6 +264,7 @@ def original_payload(thread_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, A
                 "thread_id": str(thread_id),
                 "role": "user",
                 "content": "My back hurts",
+                "svg_path": "",  # no body-map region, as the original clients said it
                 "operation": "insert",
             }
         ],
@@ -278,6 +290,7 @@ async def test_post_sync_takes_the_original_payload_and_a_retry_is_idempotent(
         assert body["duplicates"] == [] and body["rejected"] == []
         delta = await next_delta(headset)  # the REST write reaches the sockets live
         assert [c["id"] for c in delta["changes"]] == [str(t), str(m)]
+        assert delta["changes"][1]["data"].get("svg_path") is None
 
         retry = await http.post("/sync/", json=original_payload(t, m))
         assert retry.json() == {
@@ -320,6 +333,15 @@ async def test_post_sync_takes_the_original_payload_and_a_retry_is_idempotent(
             + b'", "operation": "insert", "title": "a\\u0000b"}]}',
             422,
             "threads.0.title",
+        ),
+        (
+            b'{"client_id": "c", "messages": [{"id": "'
+            + str(uuid.UUID(int=2)).encode()
+            + b'", "operation": "insert", "thread_id": "'
+            + str(uuid.UUID(int=1)).encode()
+            + b'", "created_at": "2026-01-01T00:00:00-20:00"}]}',
+            422,
+            "messages.0.created_at",
         ),
     ],
 )
