@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from uuid import UUID, uuid4, uuid5
 
 import openai
 
@@ -113,7 +113,7 @@ async def send(
     follows), before `chat.message` is published.
     """
     settings = runtime.settings
-    message_id = _message_id(request)
+    message_id = _message_id(runtime, request)
     reply = Reply(request, message_id, settings.chat_coalesce_ms / 1000)
     async with runtime.pool.acquire() as conn:
         claim = await claim_reply(
@@ -199,12 +199,12 @@ async def cancel(runtime: Runtime, patient_id: UUID, response_id: UUID) -> None:
         pass  # the other process cannot be reached; its reply runs to its end
 
 
-def _message_id(request: ChatRequest) -> UUID:
+def _message_id(runtime: Runtime, request: ChatRequest) -> UUID:
     """A replayed chat.send (same device, same client_message_id) names the same message."""
     if request.client_message_id is None:
         return uuid4()
-    key = f"painar:{request.patient_id}:{request.device_id}:{request.client_message_id}"
-    return uuid5(NAMESPACE_URL, key)
+    key = f"{request.patient_id}:{request.device_id}:{request.client_message_id}"
+    return uuid5(runtime.message_ids, key)
 
 
 def _refusal(thread: str, granted: bool) -> ProtocolError | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from gateway.auth import Authenticator
 from gateway.hub import Hub
@@ -42,6 +45,13 @@ class Runtime:
             frames_per_s=s.frames_per_s,
             burst=s.burst,
         )
+
+    @cached_property
+    def message_ids(self) -> UUID:
+        """The namespace of the message ids replays of chat.send are given: derived from
+        SECRET_KEY, so nobody can compute (and take first) another patient's next id."""
+        secret = self.settings.secret_key.get_secret_value().encode()
+        return UUID(bytes=hashlib.sha256(b"painar message ids:" + secret).digest()[:16])
 
     @property
     def exact_limit(self) -> int:
