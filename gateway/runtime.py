@@ -48,8 +48,9 @@ class Runtime:
 
     @cached_property
     def message_ids(self) -> UUID:
-        """The namespace of the message ids replays of chat.send are given: derived from
-        SECRET_KEY, so nobody can compute (and take first) another patient's next id."""
+        """Namespace of the ids of messages sent with a client_message_id (a resend names
+        the same message): derived from SECRET_KEY, so that nobody can compute another
+        patient's next id and take it first."""
         secret = self.settings.secret_key.get_secret_value().encode()
         return UUID(bytes=hashlib.sha256(b"painar message ids:" + secret).digest()[:16])
 
