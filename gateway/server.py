@@ -17,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import asgi_entry
+from gateway.logs import quiet_peer_errors
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from protocol.codes import CloseCode
@@ -49,6 +50,7 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.app = app
+        quiet_peer_errors()
         self._drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

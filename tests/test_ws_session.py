@@ -213,6 +213,17 @@ async def test_patient_frames_are_forbidden_to_clinicians(gateway: Gateway) -> N
         assert (await recv(ws))["error"]["code"] == "forbidden"
 
 
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007_without_an_error_log(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_socket(gateway.ws_url, patient_token()) as ws:
+        await recv(ws)  # session.ready
+        await ws.send(b"\xff\xfe not text", text=True)
+        assert await expect_close(ws) == 1007  # logged before the close went out
+    [record] = [r for r in caplog.records if "UTF-8" in r.getMessage()]
+    assert record.levelname == "INFO" and record.exc_info is None
+
+
 async def test_ten_bad_frames_in_a_row_close_with_1008(gateway: Gateway) -> None:
     async with session(gateway.ws_url, patient_token()) as (ws, _):
         for _ in range(9):
