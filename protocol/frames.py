@@ -16,6 +16,7 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -51,6 +52,13 @@ def _storable_time(value: datetime) -> datetime:
         return value.replace(tzinfo=UTC) if offset is None else value.astimezone(UTC)
     except OverflowError:
         raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+
+
+def _json_number(value: Any) -> Any:
+    """A JSON number as it came (an integer stays one), not true or "1"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
 
 
 # A time a client gives for something stored.
@@ -91,7 +99,7 @@ class Auth(ClientFrame):
 
 class Ping(ClientFrame):
     type: Literal["ping"]
-    ts: int | float | None = None
+    ts: Annotated[int | float, BeforeValidator(_json_number)] | None = None
 
 
 class ChatSend(ClientFrame):
@@ -115,7 +123,7 @@ class AudioStart(ClientFrame):
     stream_id: UUID
     thread_id: UUID
     format: AudioFormat
-    sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = None
+    sample_rate: Annotated[int, Field(strict=True, ge=8000, le=48000)] | None = None
     language: Annotated[str, Field(min_length=2, max_length=16)] | None = None
     respond: bool = True
 
@@ -192,9 +200,9 @@ class SyncPush(ClientFrame):
 class SyncPull(ClientFrame):
     type: Literal["sync.pull"]
     id: FreeId
-    since: Annotated[int, Field(ge=0, le=MAX_VERSION)]
+    since: Annotated[int, Field(strict=True, ge=0, le=MAX_VERSION)]
     patient_id: UUID | None = None
-    limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] | None = None
+    limit: Annotated[int, Field(strict=True, ge=1, le=MAX_PULL_LIMIT)] | None = None
 
 
 class Observe(ClientFrame):

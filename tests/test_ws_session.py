@@ -163,6 +163,9 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
             "f3",
         ),
         ('{"type": "sync.pull", "id": "f4", "since": -1}', "invalid", "since:", "f4"),
+        ('{"type": "sync.pull", "id": "f9", "since": true}', "invalid", "since:", "f9"),
+        ('{"type": "sync.pull", "id": "f10", "since": "1"}', "invalid", "since:", "f10"),
+        ('{"type": "ping", "ts": true}', "invalid", "ts:", None),
         (f'{{"type": "sync.pull", "id": "f8", "since": {2**63}}}', "invalid", "since:", "f8"),
         (
             '{"type": "chat.send", "id": "f7", "thread_id": "'
