@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 TITLE_CHARS = 60  # a thread created by chat.send is titled with the message's start
 RECENT_TURNS = 20
 MAX_BACKOFF_S = 8.0
+ECHO_WAIT_S = 0.05  # at most, for the last delta to come back from the broker
 
 
 # ---- accepting a message --------------------------------------------------------------
@@ -503,10 +504,12 @@ def _classify(exc: Exception) -> UpstreamFailure:
 
 async def _publish(runtime: Runtime, reply: Reply, frame: ChatDelta | ChatDone) -> None:
     reply.emit(frame)
+    if isinstance(frame, ChatDelta):
+        reply.expect_echo(frame.seq)
     try:
         await runtime.hub.publish(reply.topic, frame)
     except BrokerUnavailable:
-        pass  # the reply is stored all the same; devices read it through sync
+        reply.no_echo()  # the reply is stored all the same; devices read it through sync
 
 
 async def _finish(
@@ -518,6 +521,13 @@ async def _finish(
         reply.flush_timer.cancel()
         reply.flush_timer = None
     await _flush(runtime, reply)
+    # The last words reach every process before the end-of-reply work (embedding, storing)
+    # takes the cores that the broker, the other processes and the sockets need for them.
+    try:
+        async with asyncio.timeout(ECHO_WAIT_S):
+            await reply.fanned_out.wait()
+    except TimeoutError:
+        pass
     reason: FinishReason = stream.finish_reason or "error"  # type: ignore[assignment]
     text = stream.text
     reply_vector = await _embed(runtime, text, "reply") if text else None

@@ -77,6 +77,12 @@ class Reply:
         self.released = False  # the thread's lease
         self.notify: Callable[[ProtocolError], None] | None = None  # the sender, for errors
         self.watchers: list[Watcher] = []
+        # Set once the broker has handed back the last delta this reply published: it has
+        # then reached every process. Nothing published yet: nothing to wait for.
+        self.fanned_out = asyncio.Event()
+        self.fanned_out.set()
+        self._echo: str | None = None  # the `seq` of the delta awaited back, as encoded
+        self._id_text = str(self.id)
 
     def stop(self, reason: FinishReason) -> None:
         if self.stop_reason is None:
@@ -88,9 +94,26 @@ class Reply:
         for watcher in tuple(self.watchers):
             watcher(event)
 
-    # The hub's listener interface: frames on the topic are for sockets, not for us.
+    def expect_echo(self, seq: int) -> None:
+        self._echo = f'"seq":{seq},'
+        self.fanned_out.clear()
+
+    def no_echo(self) -> None:
+        """The delta could not be published: none will come back."""
+        self._echo = None
+        self.fanned_out.set()
+
+    # The hub's listener interface: frames on the topic are for sockets; the reply only
+    # watches for its own last delta coming back.
     def deliver(self, text: str) -> None:
-        pass
+        echo = self._echo
+        if (
+            echo is not None
+            and text.startswith('{"type":"chat.delta"')
+            and echo in text
+            and self._id_text in text
+        ):
+            self.no_echo()
 
     def broker_recovered(self) -> None:
         pass
