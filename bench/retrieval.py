@@ -187,13 +187,20 @@ def noise_sql(dim: int, scale: str, row: str) -> str:
     )
 
 
+async def loader(dsn: str, seed: float) -> asyncpg.Connection:
+    """A connection for bulk loading: no foreign-key triggers, room to sort, `random()`
+    seeded so a run's data can be made again."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("SET session_replication_role = replica; SET work_mem = '256MB'")
+    await conn.execute(f"SELECT setseed({seed})")
+    return conn
+
+
 async def load(dsn: str, scenario: Scenario, patients: list[Patient]) -> None:
     dim = scenario.dim
     scale = f"1.0 / sqrt({dim})"
-    conn = await asyncpg.connect(dsn)
+    conn = await loader(dsn, (SEED % 1000) / 1000)
     try:
-        await conn.execute("SET session_replication_role = replica; SET work_mem = '256MB'")
-        await conn.execute(f"SELECT setseed({(SEED % 1000) / 1000})")
         await conn.execute(
             f"""
             CREATE UNLOGGED TABLE bench_patients (
@@ -235,10 +242,8 @@ async def load(dsn: str, scenario: Scenario, patients: list[Patient]) -> None:
     workers = max(1, os.cpu_count() or 1)
 
     async def insert(worker: int) -> None:
-        c = await asyncpg.connect(dsn)
+        c = await loader(dsn, (worker + 1) / (workers + 2))
         try:
-            await c.execute("SET session_replication_role = replica; SET work_mem = '256MB'")
-            await c.execute(f"SELECT setseed({(worker + 1) / (workers + 2)})")
             await c.execute(
                 f"""
                 INSERT INTO memories (message_id, patient_id, embedding)
