@@ -35,11 +35,12 @@ run *args: install
 test *args: install
     {{bin}}/pytest {{args}}
 
-# ruff check, ruff format --check, mypy
+# ruff check, ruff format --check, mypy, lint-imports (the layering)
 lint: install
     {{bin}}/ruff check .
     {{bin}}/ruff format --check .
     {{bin}}/mypy
+    {{bin}}/lint-imports
 
 # Format the code and apply safe lint fixes
 fmt: install

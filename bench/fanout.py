@@ -22,8 +22,8 @@ import uuid
 from bench._harness import SECRET, cpu_seconds, gateways, percentile, services
 from bench._wsclient import open_client
 from gateway.auth import issue_token
-from gateway.broker.redis import RedisBroker
-from gateway.hub import envelope, patient_topic
+from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.hub import envelope, patient_topic
 from protocol.codec import encode
 from protocol.frames import ChatDelta
 

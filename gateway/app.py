@@ -1,4 +1,6 @@
-"""The Starlette application: routes, middleware and the resources they share."""
+"""The composition root: every service built once from the settings, each feature's
+frame handlers registered with the router, the HTTP routes, and the process's
+start-up and shut-down (docs/architecture.md draws the result)."""
 
 from __future__ import annotations
 
@@ -13,59 +15,113 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway.auth import Authenticator
-from gateway.broker import Broker
-from gateway.broker.memory import MemoryBroker
-from gateway.broker.redis import RedisBroker
-from gateway.health import Probe, healthz, readyz
-from gateway.hub import Hub
-from gateway.metrics import HttpMetricsMiddleware, metrics_endpoint
-from gateway.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
+from gateway.chat.config import ChatConfig
+from gateway.chat.handlers import ChatHandlers
+from gateway.chat.routes import ChatRoute
+from gateway.chat.service import ChatService
+from gateway.http.health import Readiness, healthz
+from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
+from gateway.http.rest import BearerAuth
 from gateway.providers import make_models
-from gateway.replies import CANCEL_SIGNAL
-from gateway.rest_chat import chat_endpoint
-from gateway.rest_sync import sync_endpoint
-from gateway.runtime import Runtime
+from gateway.realtime import control
+from gateway.realtime.broker import Broker
+from gateway.realtime.broker.memory import MemoryBroker
+from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.endpoint import WS_PATH, websocket_endpoint
+from gateway.realtime.hub import Hub
+from gateway.realtime.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
+from gateway.realtime.router import Router
+from gateway.realtime.service import RealtimeConfig, RealtimeService
 from gateway.settings import Settings
-from gateway.ws import WS_PATH, websocket_endpoint
-from storage.database import create_pool
+from gateway.sync.handlers import SyncHandlers
+from gateway.sync.routes import SyncRoutes
+from gateway.sync.service import SyncService
+from gateway.sync.writes import ChangeWriter
+from storage.database import Database
+
+
+class Services:
+    """What one gateway process runs, wired together."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.db = Database(
+            database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        url = settings.redis_url
+        self.broker: Broker = RedisBroker(url) if url else MemoryBroker()
+        self.hub = Hub(self.broker)
+        self.presence = PresenceService(
+            RedisPresenceStore(url) if url else MemoryPresenceStore(), self.hub
+        )
+        self.authenticator = Authenticator(
+            settings.secret_key.get_secret_value(),
+            jwks_url=settings.jwks_url,
+            dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
+        )
+        self.models = make_models(settings)
+        writer = ChangeWriter(self.db, self.hub)
+        self.sync = SyncService(self.db, writer)
+        self.chat = ChatService(
+            ChatConfig.from_settings(settings),
+            db=self.db,
+            hub=self.hub,
+            writer=writer,
+            models=self.models,
+        )
+        self.router = Router()
+        control.register(self.router)
+        SyncHandlers(self.sync).register(self.router)
+        ChatHandlers(self.chat).register(self.router)
+        self.realtime = RealtimeService(
+            RealtimeConfig.from_settings(settings),
+            hub=self.hub,
+            presence=self.presence,
+            authenticator=self.authenticator,
+            router=self.router,
+            providers=self.models.providers,
+            sync_version=self.sync.version,
+        )
+
+    def routes(self) -> list[Route]:
+        auth = BearerAuth(self.authenticator)
+        readiness = Readiness(
+            {"database": self.db.ping, "broker": self.broker.ping},
+            draining=lambda: self.realtime.draining,
+        )
+        return [
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readiness.endpoint, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/sync/", SyncRoutes(self.sync, auth).endpoint, methods=["GET", "POST"]),
+            Route("/chat/", ChatRoute(self.chat, auth).endpoint, methods=["POST"]),
+        ]
+
+    async def start(self) -> None:
+        await self.db.open()
+        await self.hub.start()
+        self.presence.start()
+
+    async def close(self) -> None:
+        await self.chat.close()
+        await self.models.close()
+        await self.presence.close()
+        await self.hub.close()
+        await self.db.close()
+
+    async def drain(self) -> None:
+        """Before shutting down: sockets are told to reconnect elsewhere, in-flight work
+        (their frames' and the replies still streaming) gets DRAIN_SECONDS to end."""
+        await self.realtime.drain(self.settings.drain_seconds, self.chat.in_flight())
 
 
 def create_app(settings: Settings, *, database_url: str) -> Starlette:
     """The gateway for a database whose schema is already prepared (`prepare_schema`)."""
+    services = Services(settings, database_url)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await create_pool(
-            database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
-        )
-        broker: Broker = RedisBroker(settings.redis_url) if settings.redis_url else MemoryBroker()
-        hub = Hub(broker)
-        await hub.start()
-        presence = PresenceService(
-            RedisPresenceStore(settings.redis_url) if settings.redis_url else MemoryPresenceStore(),
-            hub,
-        )
-        presence.start()
-        runtime = Runtime(
-            settings=settings,
-            pool=pool,
-            hub=hub,
-            presence=presence,
-            authenticator=Authenticator(
-                settings.secret_key.get_secret_value(),
-                jwks_url=settings.jwks_url,
-                dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
-            ),
-            models=make_models(settings),
-        )
-        hub.signal_handlers[CANCEL_SIGNAL] = runtime.replies.cancel_signal
-
-        probes: dict[str, Probe] = {
-            "database": lambda: pool.fetchval("SELECT 1"),
-            "broker": broker.ping,
-        }
-        app.state.runtime = runtime
-        app.state.readiness_probes = probes
+        await services.start()
         # What start-up made lives as long as the process: keep it out of the collector's
         # full passes, whose pauses would otherwise show up as delivery latency.
         gc.collect()
@@ -73,35 +129,30 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
         try:
             yield
         finally:
-            await runtime.replies.close()
-            await runtime.models.close()
-            await presence.close()
-            await hub.close()
-            await pool.close()
+            await services.close()
 
-    return Starlette(
+    app = Starlette(
         debug=False,  # tracebacks in responses could carry patient data
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-            Route("/sync/", sync_endpoint, methods=["GET", "POST"]),
-            Route("/chat/", chat_endpoint, methods=["POST"]),
-        ],
+        routes=services.routes(),
         middleware=[Middleware(HttpMetricsMiddleware)],
         lifespan=lifespan,
     )
+    app.state.services = services
+    return app
 
 
 def asgi_entry(app: Starlette) -> ASGIApp:
     """What the server runs: `/v1/ws` goes straight to the WebSocket endpoint with the
     server's own `send` (the hot path of every fan-out delivery skips Starlette's
     per-message wrappers); everything else, lifespan included, goes to `app`."""
+    services: Services | None = getattr(app.state, "services", None)
+    if services is None:
+        return app  # not a gateway (the suites serve stand-ins the same way)
 
     async def entry(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:
             scope["app"] = app
-            await websocket_endpoint(WebSocket(scope, receive, send), send)
+            await websocket_endpoint(services.realtime, WebSocket(scope, receive, send), send)
             return
         await app(scope, receive, send)
 

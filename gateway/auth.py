@@ -1,4 +1,4 @@
-"""JSON Web Tokens: the claims PROTOCOL.md defines, for audience `painar-gateway`.
+"""JSON Web Tokens: the claims docs/protocol.md defines, for audience `painar-gateway`.
 
 HS256 tokens are verified with SECRET_KEY. With JWKS_URL set, RS256 and ES256 tokens are
 verified against the key the JWKS names (`kid`). Each algorithm is tied to its own key
@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 import jwt
 
+from protocol.frames import Role
+
 AUDIENCE = "painar-gateway"
-Role = Literal["patient", "clinician"]
 ASYMMETRIC = ("RS256", "ES256")
 # DEV_TOKEN (DEBUG only) stands for this patient on this device.
 DEV_PATIENT_ID = UUID("00000000-0000-4000-8000-000000000001")
@@ -29,11 +30,27 @@ class AuthError(Exception):
 
 
 @dataclass(frozen=True)
-class Identity:
-    role: Role
+class PatientIdentity:
+    role: ClassVar[Literal["patient"]] = "patient"
     sub: UUID
-    patient_id: UUID | None  # patients only
+    patient_id: UUID
     device_id: str | None
+
+    @property
+    def device_key(self) -> str:
+        """Whose mutation and message ids these are: the token's device, else the subject
+        itself (idempotency keys are kept per device_key)."""
+        return self.device_id or f"sub:{self.sub}"
+
+
+@dataclass(frozen=True)
+class ClinicianIdentity:
+    role: ClassVar[Literal["clinician"]] = "clinician"
+    sub: UUID
+    device_id: str | None
+
+
+Identity = PatientIdentity | ClinicianIdentity
 
 
 class Authenticator:
@@ -46,7 +63,7 @@ class Authenticator:
 
     async def verify(self, token: str) -> Identity:
         if self._dev_token is not None and token == self._dev_token:
-            return Identity("patient", DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
+            return PatientIdentity(DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
         try:
             alg = jwt.get_unverified_header(token).get("alg")
             if alg == "HS256":
@@ -86,8 +103,8 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
     ):
         raise AuthError("token claim device_id must be a string of 1 to 128 characters")
     if role == "patient":
-        return Identity("patient", sub, _uuid(claims.get("patient_id"), "patient_id"), device_id)
-    return Identity("clinician", sub, None, device_id)
+        return PatientIdentity(sub, _uuid(claims.get("patient_id"), "patient_id"), device_id)
+    return ClinicianIdentity(sub, device_id)
 
 
 def _uuid(value: object, claim: str) -> UUID:

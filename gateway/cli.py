@@ -17,8 +17,8 @@ import asyncpg
 
 from gateway.app import create_app
 from gateway.auth import issue_token
-from gateway.error_reports import init_error_reports
-from gateway.logs import configure_logging
+from gateway.ops.error_reports import init_error_reports
+from gateway.ops.logs import configure_logging
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings, SettingsError, load_settings
 from protocol.schema import protocol_schema

@@ -9,23 +9,14 @@ second signal skips the wait.
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.app import asgi_entry
-from gateway.logs import quiet_peer_errors
-from gateway.runtime import Runtime
+from gateway.app import Services, asgi_entry
+from gateway.ops.logs import quiet_peer_errors
 from gateway.settings import Settings
-from protocol.codes import CloseCode
-from protocol.frames import Reconnect
-
-log = logging.getLogger(__name__)
-
-RECONNECT_JITTER_MS = 2000  # spread reconnects so they do not all land at once
 
 
 def uvicorn_config(app: Starlette, settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -61,22 +52,7 @@ class GatewayServer(uvicorn.Server):
         self._drain = loop.create_task(self.drain())
 
     async def drain(self) -> None:
-        runtime: Runtime | None = getattr(self.app.state, "runtime", None)
-        if runtime is not None:
-            await drain_sessions(runtime)
+        services: Services | None = getattr(self.app.state, "services", None)
+        if services is not None:
+            await services.drain()
         self.should_exit = True
-
-
-async def drain_sessions(runtime: Runtime) -> None:
-    runtime.draining = True
-    sessions = tuple(runtime.sessions)
-    log.info("draining %d socket(s)", len(sessions))
-    for session in sessions:
-        after_ms = random.randrange(RECONNECT_JITTER_MS)
-        session.send(Reconnect(reason="server_restart", after_ms=after_ms))
-    pending = [task for session in sessions for task in session.tasks]
-    pending += runtime.replies.tasks  # replies outlive their sockets
-    if pending:
-        await asyncio.wait(pending, timeout=runtime.settings.drain_seconds)
-    for session in sessions:
-        session.close(CloseCode.SERVICE_RESTART, "server restart")

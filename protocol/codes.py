@@ -1,4 +1,4 @@
-"""Error codes carried in `error` frames and WebSocket close codes (PROTOCOL.md)."""
+"""Error codes carried in `error` frames and WebSocket close codes (docs/protocol.md)."""
 
 from enum import IntEnum, StrEnum
 

@@ -1,8 +1,12 @@
-"""Every frame of protocol version 1 (PROTOCOL.md) as a pydantic model.
+"""Every frame of protocol version 1 (docs/protocol.md) as a pydantic model.
 
 Client frames are validated strictly (unknown fields are refused, so a typo in a field
-name is an `invalid` error naming it rather than a silently ignored value). Server frames
-may grow optional fields; old clients ignore what they do not know.
+name is an `invalid` error naming it rather than a silently ignored value). Each says
+which roles the protocol lets send it (`senders`). Server frames may grow optional
+fields; old clients ignore what they do not know.
+
+The frame lists are written once, as the unions `AnyClientFrame` and `AnyServerFrame`;
+`CLIENT_FRAMES` (type -> model) is derived from the union.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from uuid import UUID
 
 from pydantic import (
@@ -85,8 +89,15 @@ class ClientPart(ClientText):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+PATIENTS: frozenset[Role] = frozenset({"patient"})
+CLINICIANS: frozenset[Role] = frozenset({"clinician"})
+EVERYONE: frozenset[Role] = PATIENTS | CLINICIANS
+
+
 class ClientFrame(ClientPart):
     type: str
+    # Who the protocol lets send this frame; others are answered `forbidden`.
+    senders: ClassVar[frozenset[Role]] = EVERYONE
 
 
 # ---- client -> server ---------------------------------------------------------------
@@ -104,6 +115,7 @@ class Ping(ClientFrame):
 
 class ChatSend(ClientFrame):
     type: Literal["chat.send"]
+    senders = PATIENTS
     id: FreeId
     thread_id: UUID
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
@@ -113,12 +125,14 @@ class ChatSend(ClientFrame):
 
 class ChatCancel(ClientFrame):
     type: Literal["chat.cancel"]
+    senders = PATIENTS
     id: FreeId
     response_id: UUID
 
 
 class AudioStart(ClientFrame):
     type: Literal["audio.start"]
+    senders = PATIENTS
     id: FreeId
     stream_id: UUID
     thread_id: UUID
@@ -130,6 +144,7 @@ class AudioStart(ClientFrame):
 
 class AudioAppend(ClientFrame):
     type: Literal["audio.append"]
+    senders = PATIENTS
     stream_id: UUID
     seq: Annotated[int, Field(ge=0, lt=2**32)]
     audio: Annotated[bytes, WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
@@ -147,12 +162,14 @@ class AudioAppend(ClientFrame):
 
 class AudioCommit(ClientFrame):
     type: Literal["audio.commit"]
+    senders = PATIENTS
     id: FreeId
     stream_id: UUID
 
 
 class AudioCancel(ClientFrame):
     type: Literal["audio.cancel"]
+    senders = PATIENTS
     stream_id: UUID
 
 
@@ -181,6 +198,7 @@ class MessageFields(ClientPart):
 
 class SyncPush(ClientFrame):
     type: Literal["sync.push"]
+    senders = PATIENTS
     id: FreeId
     # Objects of the shape of `Mutation`, validated one by one when applied.
     mutations: Annotated[
@@ -207,12 +225,14 @@ class SyncPull(ClientFrame):
 
 class Observe(ClientFrame):
     type: Literal["observe"]
+    senders = CLINICIANS
     id: FreeId
     patient_id: UUID
 
 
 class Unobserve(ClientFrame):
     type: Literal["unobserve"]
+    senders = CLINICIANS
     id: FreeId
     patient_id: UUID
 
@@ -233,34 +253,16 @@ AnyClientFrame = Annotated[
     Field(discriminator="type"),
 ]
 
-CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
-    "auth": Auth,
-    "ping": Ping,
-    "chat.send": ChatSend,
-    "chat.cancel": ChatCancel,
-    "audio.start": AudioStart,
-    "audio.append": AudioAppend,
-    "audio.commit": AudioCommit,
-    "audio.cancel": AudioCancel,
-    "sync.push": SyncPush,
-    "sync.pull": SyncPull,
-    "observe": Observe,
-    "unobserve": Unobserve,
-}
 
-# Which roles may send which frames; `auth` only as the first frame, handled apart.
-PATIENT_ONLY = frozenset(
-    {
-        "chat.send",
-        "chat.cancel",
-        "audio.start",
-        "audio.append",
-        "audio.commit",
-        "audio.cancel",
-        "sync.push",
-    }
-)
-CLINICIAN_ONLY = frozenset({"observe", "unobserve"})
+def frame_type(model: type[ClientFrame]) -> str:
+    """The `type` a frame model stands for (its field's one literal value)."""
+    [kind] = get_args(model.model_fields["type"].annotation)
+    return str(kind)
+
+
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    frame_type(model): model for model in get_args(get_args(AnyClientFrame)[0])
+}
 
 
 # ---- server -> client ---------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 from pgvector.asyncpg import register_vector
 
 from storage.migrations import MigrationError, migrate
@@ -62,6 +62,34 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Poo
         reset=_reset_connection,
     )
     return pool
+
+
+class Database:
+    """The gateway's pool, made at start-up: what uses the database is built before the
+    event loop runs (an asyncpg pool belongs to the loop it was made in)."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._sizes = (min_size, max_size)
+        self._pool: Pool | None = None
+
+    async def open(self) -> None:
+        min_size, max_size = self._sizes
+        self._pool = await create_pool(self._dsn, min_size=min_size, max_size=max_size)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    def acquire(self) -> PoolAcquireContext[asyncpg.Record]:
+        """A connection for `async with`; back to the pool on the way out."""
+        if self._pool is None:
+            raise RuntimeError("the database is not open")
+        return self._pool.acquire()
+
+    async def ping(self) -> None:
+        async with self.acquire() as conn:
+            await conn.fetchval("SELECT 1")
 
 
 async def prepare_schema(dsn: str, *, vector_dim: int, apply: bool = True) -> list[str]:

@@ -2,17 +2,17 @@
 
 Retrieval is always filtered by the patient's id in SQL, whatever the strategy, so no
 input can return another patient's memory. Two strategies, chosen by how many memories
-the patient has (bench/retrieval.py measured both; docs/benchmarks.md has the figures):
+the patient has (bench/retrieval.py measures both; docs/benchmarks.md has the figures
+behind the limits here):
 
 - exact: the patient's own rows (btree on patient_id), every distance computed. Exact,
-  and fast while a patient has few memories: up to 2,000 memories p99 ≤ ~14 ms at 1536
-  dims (vectors stored in the row, sql/0004: out of line they cost three times as much)
-  and at 384 dims. Most patients stay in this range.
+  and fast while a patient has few memories; the vectors are stored in the row
+  (sql/0004), which makes this scan several times cheaper than out of line. Most
+  patients stay in this range.
 - approximate: the HNSW index with pgvector's iterative scan (0.8+), which keeps scanning
-  until enough rows pass the patient filter. For a patient with 5,000+ memories it found
-  97–100 % of the exact top 10 at p99 ≤ 12 ms, where an exact scan took 30–330 ms.
-  Below a few thousand, a filtered graph search finds a small patient's rows unreliably
-  (recall 0.2–0.6 for 10–100 memories), so small patients never go through it.
+  until enough rows pass the patient filter; used past `exact_limit` memories, where an
+  exact scan gets slow. Below a few thousand memories a filtered graph search finds a
+  small patient's rows unreliably, so small patients never go through it.
 
 The planner must be kept on the index for the approximate query: after a few calls on a
 connection PostgreSQL switches to a generic plan that, assuming an average patient, reads
@@ -79,9 +79,9 @@ _APPROXIMATE = (
 
 
 def exact_limit_for(vector_dim: int) -> int:
-    """Up to how many memories exact search stays within ~15 ms at p99: measured at 384
-    and 1536 dims on 2 cores (2,000 memories: p99 11–17 ms); above 1536 dims the cost per
-    row grows with the size, so the limit shrinks in proportion (not measured)."""
+    """Up to how many memories exact search stays within ~15 ms at p99 on 2 cores
+    (measured at 384 and 1536 dims, docs/benchmarks.md); above 1536 dims the cost per row
+    grows with the size, so the limit shrinks in proportion (not measured)."""
     if vector_dim <= 1536:
         return DEFAULT_EXACT_LIMIT
     return DEFAULT_EXACT_LIMIT * 1536 // vector_dim

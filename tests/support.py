@@ -15,8 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 
-from gateway.app import create_app
-from gateway.runtime import Runtime
+from gateway.app import Services, create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings
 from storage.database import Connection
@@ -72,9 +71,9 @@ class Gateway:
         return self.url.replace("http://", "ws://") + "/v1/ws"
 
     @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
-        return runtime
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
 
 
 @asynccontextmanager

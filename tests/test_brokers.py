@@ -1,18 +1,22 @@
-"""One suite for both brokers: what every Broker promises (gateway/broker/__init__.py)."""
+"""One suite for both brokers: what every Broker promises
+(gateway/realtime/broker/__init__.py), and what the hub builds on it."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from gateway.broker import Broker, BrokerUnavailable
-from gateway.broker.memory import MemoryBroker
-from gateway.broker.redis import RedisBroker
+from gateway.realtime.broker import Broker, BrokerUnavailable
+from gateway.realtime.broker.memory import MemoryBroker
+from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.hub import Hub, patient_topic
+from protocol.frames import Pong
 from tests.conftest import RedisServer
 from tests.support import TIMEOUT_S
 
@@ -138,3 +142,73 @@ async def test_a_failing_delivery_does_not_take_the_redis_subscriber_down(
         assert inbox.recoveries == 0  # the link stayed up
     finally:
         await broker.close()
+
+
+class Socketlike:
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    def deliver(self, text: str) -> None:
+        self.frames.append(text)
+
+    def broker_recovered(self) -> None:
+        return None
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def two_hubs(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[tuple[Hub, Hub]]:
+    """Two processes' hubs on one broker (the memory broker has one process only: both
+    hubs are then the same)."""
+    if request.param == "memory":
+        hub = Hub(MemoryBroker())
+        await hub.start()
+        yield hub, hub
+        await hub.close()
+        return
+    first, second = Hub(RedisBroker(redis_server.url)), Hub(RedisBroker(redis_server.url))
+    await first.start()
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_hub_knows_when_its_publish_has_come_back_from_the_broker(
+    two_hubs: tuple[Hub, Hub],
+) -> None:
+    """By its id and sequence in the envelope: once `came_back` is true, the other
+    process has the frame too. A held topic is subscribed without being delivered."""
+    publisher, other = two_hubs
+    topic = patient_topic(uuid.uuid4())
+    device = Socketlike()
+    await other.join(topic, device)
+    await publisher.hold(topic)
+    frame = Pong(ts=1)
+    seq = await publisher.publish(topic, frame)
+    assert await publisher.came_back(seq, TIMEOUT_S)
+    assert device.frames == ['{"type":"pong","ts":1}']
+    assert await publisher.came_back(seq, 0.0)  # already back: no wait
+    await publisher.release(topic)
+    if publisher is not other:
+        alone = await publisher.publish(topic, frame)  # no longer subscribed here
+        assert not await publisher.came_back(alone, 0.2)
+    await other.leave(topic, device)
+
+
+async def test_a_held_topic_carries_signals_but_counts_no_socket(
+    two_hubs: tuple[Hub, Hub],
+) -> None:
+    publisher, other = two_hubs
+    topic = patient_topic(uuid.uuid4())
+    signals: asyncio.Queue[bytes] = asyncio.Queue()
+    other.on_signal("test.signal", lambda _, payload: signals.put_nowait(payload))
+    await other.hold(topic)
+    assert other.listeners(topic) == frozenset()
+    await publisher.signal(topic, "test.signal", b"stop")
+    async with asyncio.timeout(TIMEOUT_S):
+        assert await signals.get() == b"stop"
+    await other.release(topic)

@@ -450,3 +450,27 @@ async def test_a_drain_waits_for_streaming_replies_and_stores_what_it_cut(
         return len(rows) == 2 and rows[1]["finish_reason"] == finish_reason
 
     await eventually(stored, what=f"the reply stored with finish_reason {finish_reason}")
+
+
+async def test_frames_out_counts_the_sockets_deltas_only(
+    chat_gateway: Gateway, upstream: Upstream
+) -> None:
+    """A streaming reply is not a socket on the patient's topic: ws_frames_out_total
+    grows by exactly the deltas the patient's one socket received."""
+
+    async def delta_count(http: httpx.AsyncClient) -> float:
+        metrics = (await http.get(f"{chat_gateway.url}/metrics")).text
+        try:
+            return sample(metrics, "ws_frames_out_total", type="chat.delta")
+        except AssertionError:
+            return 0.0  # no delta counted yet in this process
+
+    slow_reply(upstream.behaviour, tokens=8, delay_s=0.03)  # slower than the coalescing
+    async with httpx.AsyncClient() as http:
+        before = await delta_count(http)
+        async with session(chat_gateway.ws_url, patient_token()) as (ws, _):
+            await send(ws, chat_send(uuid.uuid4(), "How long should I rest my knee?"))
+            frames, _ = await until(ws, "chat.done")
+        received = len(deltas(frames))
+        assert received == 8
+        assert await delta_count(http) - before == received

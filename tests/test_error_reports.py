@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.error_reports import REDACTED, init_error_reports, scrub_breadcrumb, scrub_event
+from gateway.ops.error_reports import REDACTED, init_error_reports, scrub_breadcrumb, scrub_event
 
 # The control setups below call sentry_sdk.init with send_default_pii themselves.
 pytestmark = pytest.mark.filterwarnings(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from gateway.hub import patient_topic
+from gateway.realtime.hub import patient_topic
 from protocol.frames import ChatDelta
 from tests.support import TIMEOUT_S, Gateway, eventually, sample
 from tests.test_heartbeat import RawSocket
@@ -45,7 +45,7 @@ async def test_a_patients_frames_reach_all_their_sockets_in_order_and_no_one_els
         session(gateway.ws_url, patient_token(other, "phone")) as (stranger, _),
     ):
         for seq in range(50):
-            await gateway.runtime.hub.publish(patient_topic(patient), delta(patient, seq))
+            await gateway.services.hub.publish(patient_topic(patient), delta(patient, seq))
         for ws in (headset, phone):
             seqs = [(await recv(ws))["seq"] for _ in range(50)]
             assert seqs == list(range(50))
@@ -74,7 +74,7 @@ async def test_a_socket_that_stops_reading_is_closed_1013_and_others_keep_up(
 
         reader = asyncio.create_task(read_fast())
         for seq in range(400):
-            await gateway.runtime.hub.publish(patient_topic(patient), delta(patient, seq, big))
+            await gateway.services.hub.publish(patient_topic(patient), delta(patient, seq, big))
             await asyncio.sleep(0)  # let the sockets' send loops run between publishes
         async with asyncio.timeout(TIMEOUT_S):
             await reader
@@ -94,7 +94,7 @@ async def test_drain_sends_reconnect_then_closes_1012(gateway: Gateway) -> None:
 
 
 async def test_while_draining_new_sockets_and_readiness_get_503(gateway: Gateway) -> None:
-    gateway.runtime.draining = True  # the drain's first step
+    gateway.services.realtime.draining = True  # the drain's first step
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
         response = await http.get("/readyz")
         assert response.status_code == 503 and response.json()["status"] == "draining"
@@ -133,18 +133,18 @@ async def test_a_peer_that_neither_reads_nor_answers_is_let_go(gateway: Gateway)
     try:
 
         async def registered() -> bool:
-            return len(gateway.runtime.hub.listeners(patient_topic(patient))) == 1
+            return len(gateway.services.hub.listeners(patient_topic(patient))) == 1
 
         await eventually(registered, what="the stalled socket's session")
         big = "x" * 60_000
         for seq in range(400):  # far more than the socket buffers hold
-            await gateway.runtime.hub.publish(patient_topic(patient), delta(patient, seq, big))
+            await gateway.services.hub.publish(patient_topic(patient), delta(patient, seq, big))
             await asyncio.sleep(0)
 
         async def let_go() -> bool:
-            return not gateway.runtime.hub.listeners(patient_topic(patient)) and not any(
-                s.identity.patient_id == patient for s in gateway.runtime.sessions
-            )
+            # The only socket of this test's gateway.
+            hub, realtime = gateway.services.hub, gateway.services.realtime
+            return not hub.listeners(patient_topic(patient)) and not realtime.sockets
 
         await eventually(let_go, what="the stalled session to end")
     finally:

@@ -8,13 +8,8 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from gateway.providers.openai_compat import (
-    ChatChunk,
-    EmbeddingSizeMismatch,
-    OpenAIChat,
-    OpenAIEmbedder,
-    make_client,
-)
+from gateway.providers.base import ChatChunk, EmbeddingSizeMismatch, UpstreamFailure
+from gateway.providers.openai_compat import OpenAIChat, OpenAIEmbedder, make_client
 from tests.fake_openai import Behaviour, fake_openai_app
 from tests.support import serve_app
 
@@ -48,23 +43,48 @@ async def test_a_streamed_reply_arrives_in_order_with_its_finish_reason_and_usag
     assert request["messages"] == [{"role": "user", "content": "My knee hurts"}]
 
 
-async def test_upstream_failures_surface_as_the_clients_errors(
+async def test_upstream_failures_surface_classified(
     upstream: tuple[openai.AsyncOpenAI, Behaviour],
 ) -> None:
+    """The provider's callers see what failed and whether trying again can help, never
+    the client library's exceptions."""
     client, behaviour = upstream
     chat = OpenAIChat(client, "gpt-4o-mini")
+
+    async def failure() -> UpstreamFailure:
+        with pytest.raises(UpstreamFailure) as raised:
+            await collect(chat)
+        return raised.value
+
     behaviour.fail_with = [429]
-    with pytest.raises(openai.RateLimitError):
-        await collect(chat)
+    failed = await failure()
+    assert (failed.kind, failed.retryable, failed.timeout) == ("rate_limited", True, False)
     behaviour.fail_with = [500]
-    with pytest.raises(openai.InternalServerError):
-        await collect(chat)
+    failed = await failure()
+    assert (failed.kind, failed.retryable, failed.message) == (
+        "server_error",
+        True,
+        "the language model answered 500",
+    )
+    behaviour.fail_with = [400]
+    failed = await failure()
+    assert (failed.kind, failed.retryable) == ("client_error", False)
     behaviour.cut_after = 2
-    with pytest.raises(openai.APIError):
-        await collect(chat)
+    failed = await failure()
+    assert (failed.kind, failed.retryable) == ("stream_cut", True)
     behaviour.cut_after, behaviour.error_after = None, 1
-    with pytest.raises(openai.APIError, match="error in its stream"):
-        await collect(chat)
+    failed = await failure()
+    assert failed.kind == "stream_cut" and "error in its stream" in failed.message
+
+
+async def test_an_unreachable_server_is_a_connection_failure() -> None:
+    client = make_client(None, "http://127.0.0.1:9/v1", connect_s=1.0)
+    try:
+        with pytest.raises(UpstreamFailure) as raised:
+            await collect(OpenAIChat(client, "gpt-4o-mini"))
+        assert (raised.value.kind, raised.value.retryable) == ("connection", True)
+    finally:
+        await client.close()
 
 
 async def test_embeddings_come_back_in_input_order_with_the_configured_size(

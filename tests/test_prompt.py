@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from gateway.prompt import SYSTEM_PROMPT, Turn, build_messages
+from gateway.chat.prompt import SYSTEM_PROMPT, Turn, build_messages
 from storage.memories import Memory
 
 

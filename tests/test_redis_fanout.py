@@ -7,9 +7,9 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from gateway.broker import BrokerUnavailable
-from gateway.broker.redis import RedisBroker
-from gateway.hub import envelope, patient_topic
+from gateway.realtime.broker import BrokerUnavailable
+from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.hub import envelope, patient_topic
 from protocol.codec import encode
 from protocol.frames import ChatDelta
 from tests.conftest import RedisServer
@@ -42,7 +42,7 @@ async def test_frames_reach_every_socket_of_the_patient_on_both_processes_once_i
         ):
             # Published by the first process's hub...
             for seq in range(30):
-                await first.runtime.hub.publish(patient_topic(patient), delta(patient, seq))
+                await first.services.hub.publish(patient_topic(patient), delta(patient, seq))
             # ...and by another publisher on the same Redis, as the second process's hub does.
             publisher = RedisBroker(redis_server.url)
             try:
@@ -67,12 +67,12 @@ async def test_delivery_resumes_after_redis_restarts(
     async with serve_gateway(settings, database_url) as gateway:
         async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
             topic = patient_topic(patient)
-            await gateway.runtime.hub.publish(topic, delta(patient, 0))
+            await gateway.services.hub.publish(topic, delta(patient, 0))
             assert (await recv(ws))["seq"] == 0
 
             redis_server.stop()
             with pytest.raises(BrokerUnavailable):
-                await gateway.runtime.hub.publish(topic, delta(patient, 1))
+                await gateway.services.hub.publish(topic, delta(patient, 1))
             redis_server.start()
             await redis_server.wait_ready()
 
@@ -83,7 +83,7 @@ async def test_delivery_resumes_after_redis_restarts(
                 "patient_id": str(patient),
                 "version": ready["sync_version"],
             }
-            await gateway.runtime.hub.publish(topic, delta(patient, 2))
+            await gateway.services.hub.publish(topic, delta(patient, 2))
             assert (await recv(ws))["seq"] == 2
 
 

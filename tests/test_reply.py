@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.reply import ReplyStream
+from gateway.chat.stream import ReplyStream
 
 
 def stream() -> ReplyStream:

@@ -6,30 +6,18 @@ the OpenAI-compatible ones, otherwise the offline ones (and `session.ready` says
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from openai import AsyncOpenAI, Timeout
-
+from gateway.providers.base import ChatProvider, Embedder
 from gateway.providers.offline import OfflineChat, OfflineEmbedder
-from gateway.providers.openai_compat import ChatChunk, OpenAIChat, OpenAIEmbedder, make_client
+from gateway.providers.openai_compat import OpenAIChat, OpenAIEmbedder, make_client
 from gateway.settings import Settings
 from protocol.frames import Providers
 
 
-class ChatProvider(Protocol):
-    name: str
-
-    def stream(self, messages: Sequence[Mapping[str, str]]) -> AsyncGenerator[ChatChunk, None]:
-        """The reply in pieces; the last pieces carry the finish reason and the usage."""
-
-
-class Embedder(Protocol):
-    name: str
-
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector of VECTOR_DIM floats per text."""
+async def _nothing_to_close() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -37,11 +25,7 @@ class Models:
     chat: ChatProvider
     embedder: Embedder
     asr: str  # the transcription model's name (transcription is not wired yet)
-    client: AsyncOpenAI | None = None  # the HTTP client the OpenAI providers share
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+    close: Callable[[], Awaitable[None]] = _nothing_to_close  # the shared HTTP client
 
     @property
     def providers(self) -> Providers:
@@ -51,15 +35,14 @@ class Models:
 def make_models(settings: Settings) -> Models:
     if settings.offline_models:
         return Models(OfflineChat(), OfflineEmbedder(settings.vector_dim), "offline")
-    # Connect fails fast; reads are bounded by the chat pipeline's own token timeouts.
-    timeout = Timeout(
-        connect=settings.chat_connect_timeout_s,
-        read=max(settings.chat_first_token_timeout_s, settings.chat_idle_timeout_s) + 5,
-        write=settings.chat_connect_timeout_s,
-        pool=settings.chat_connect_timeout_s,
-    )
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    client = make_client(key, settings.openai_base_url, timeout=timeout)
+    client = make_client(
+        key,
+        settings.openai_base_url,
+        connect_s=settings.chat_connect_timeout_s,
+        # Reads are bounded by the chat pipeline's own token timeouts; this is a backstop.
+        read_s=max(settings.chat_first_token_timeout_s, settings.chat_idle_timeout_s) + 5,
+    )
     chat = OpenAIChat(client, settings.model_name)
     embedder = OpenAIEmbedder(client, settings.embedding_model, settings.vector_dim)
-    return Models(chat, embedder, f"openai:{settings.transcription_model}", client)
+    return Models(chat, embedder, f"openai:{settings.transcription_model}", client.close)

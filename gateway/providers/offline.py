@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from gateway.providers.openai_compat import ChatChunk
+from gateway.providers.base import ChatChunk
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _EMPTY = "\x00empty"  # the one feature of a text without words (a zero vector has no angle)

@@ -1,37 +1,53 @@
 """Chat and embeddings over the OpenAI HTTP API, through the `openai` client: OpenAI itself
-or any compatible server (vLLM, llama.cpp server, Ollama) via OPENAI_BASE_URL."""
+or any compatible server (vLLM, llama.cpp server, Ollama) via OPENAI_BASE_URL.
+
+Every failure leaves as a classified `UpstreamFailure` (gateway/providers/base.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
+import openai
 import orjson
-from openai import APIConnectionError, AsyncOpenAI, Timeout
+from openai import AsyncOpenAI, Timeout
 from openai.types.chat import ChatCompletionMessageParam
 
-
-@dataclass(frozen=True)
-class ChatChunk:
-    """A piece of a streamed reply: text, and at the end why it stopped and the usage."""
-
-    delta: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-
-
-class EmbeddingSizeMismatch(RuntimeError):
-    pass
+from gateway.providers.base import ChatChunk, EmbeddingSizeMismatch, FailureKind, UpstreamFailure
 
 
 def make_client(
-    api_key: str | None, base_url: str | None, *, timeout: float | Timeout = 30.0
+    api_key: str | None, base_url: str | None, *, connect_s: float = 10.0, read_s: float = 35.0
 ) -> AsyncOpenAI:
+    # Connect fails fast; retries are the caller's (the chat pipeline's), so none here.
+    timeout = Timeout(connect=connect_s, read=read_s, write=connect_s, pool=connect_s)
     # A local server often needs no key; the client insists on one.
     return AsyncOpenAI(
         api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0
     )
+
+
+def classify(exc: Exception) -> UpstreamFailure:
+    """What an exception of the `openai` client means."""
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamFailure(
+            "rate_limited", "the language model is rate limited (429)", retryable=True
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        kind: FailureKind = "server_error" if status >= 500 else "client_error"
+        message = f"the language model answered {status}"
+        return UpstreamFailure(kind, message, retryable=status >= 500)
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailure(
+            "timeout", "the language model timed out", retryable=True, timeout=True
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailure(
+            "connection", "the language model could not be reached", retryable=True
+        )
+    return UpstreamFailure("stream_cut", "the language model's stream failed", retryable=True)
 
 
 class OpenAIEmbedder:
@@ -50,9 +66,16 @@ class OpenAIEmbedder:
         request = self.client.embeddings.with_streaming_response.create(
             model=self.model, input=list(texts), encoding_format="float", **extra
         )
-        async with request as response:
-            body = orjson.loads(await response.read())
-        items = sorted(body["data"], key=lambda item: item["index"])
+        try:
+            async with request as response:
+                body = orjson.loads(await response.read())
+            items = sorted(body["data"], key=lambda item: item["index"])
+        except openai.APIError as exc:
+            raise classify(exc) from exc
+        except Exception as exc:  # not the JSON of an embeddings response
+            raise UpstreamFailure(
+                "stream_cut", "the embedding server's answer was unreadable", retryable=True
+            ) from exc
         vectors: list[list[float]] = [item["embedding"] for item in items]
         for vector in vectors:
             if len(vector) != self.dim:
@@ -79,34 +102,37 @@ class OpenAIChat:
             stream=True,
             stream_options={"include_usage": True},
         )
-        async with request as response:  # closes the response, also on an early stop
-            try:
+        try:
+            async with request as response:  # closes the response, also on an early stop
                 async for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue  # blank lines, comments, event names
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    for chunk in _chunks(orjson.loads(data)):
+                    for chunk in _chunks(data):
                         yield chunk
-            except StreamError:
-                raise
-            except Exception as exc:  # the body broke off, or could not be read
-                raise StreamError(
-                    "the stream failed part-way", request=response.http_request
-                ) from exc
+        except UpstreamFailure:
+            raise
+        except openai.APIError as exc:
+            raise classify(exc) from exc
+        except Exception as exc:  # the body broke off, or could not be read
+            raise UpstreamFailure(
+                "stream_cut", "the language model's stream failed part-way", retryable=True
+            ) from exc
 
 
-class StreamError(APIConnectionError):
-    """The event stream broke off, or carried an error or something unreadable."""
-
-    def __init__(self, message: str, *, request: Any) -> None:
-        super().__init__(message=message, request=request)
-
-
-def _chunks(event: Any) -> list[ChatChunk]:
+def _chunks(data: str) -> list[ChatChunk]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailure(
+            "stream_cut", "the language model sent something unreadable", retryable=True
+        ) from None
     if not isinstance(event, dict) or "error" in event:
-        raise StreamError("the model sent an error in its stream", request=None)
+        raise UpstreamFailure(
+            "stream_cut", "the language model sent an error in its stream", retryable=True
+        )
     out = []
     for choice in event.get("choices") or ():
         text = (choice.get("delta") or {}).get("content") or ""

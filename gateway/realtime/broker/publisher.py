@@ -13,7 +13,7 @@ import asyncio
 
 import hiredis
 
-from gateway.broker.link import Link, LinkLost, command, open_link
+from gateway.realtime.broker.link import Link, LinkLost, command, open_link
 
 REPLY_TIMEOUT_S = 2.0
 

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from gateway.metrics import CLOSES, QUEUE_FULL_CLOSES
+from gateway.realtime.metrics import CLOSES, QUEUE_FULL_CLOSES
 
 log = logging.getLogger(__name__)
 

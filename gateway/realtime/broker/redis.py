@@ -1,12 +1,12 @@
 """Redis pub/sub broker: fan-out across gateway processes and hosts.
 
-One subscriber link per process (gateway/broker/link.py) carries every topic this
+One subscriber link per process (gateway/realtime/broker/link.py) carries every topic this
 process has local listeners for, plus a private control channel that keeps the
 connection subscribed while no topic is; each pushed message is handed on from the event
 loop's read callback. When the connection drops, a reconnect loop backs off, resubscribes
 every topic and reports the recovery, so sessions can tell their clients to catch up
 from PostgreSQL. Publishing goes through one pipelined link of its own
-(gateway/broker/publisher.py); readiness pings use a redis-py client.
+(gateway/realtime/broker/publisher.py); readiness pings use a redis-py client.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import uuid
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
-from gateway.broker.link import Link, LinkLost, Reply, command, open_link
-from gateway.broker.publisher import Publisher, PublishFailed
-from gateway.metrics import BROKER_PUBLISH_FAILURES
+from gateway.realtime.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
+from gateway.realtime.broker.link import Link, LinkLost, Reply, command, open_link
+from gateway.realtime.broker.publisher import Publisher, PublishFailed
+from gateway.realtime.metrics import BROKER_PUBLISH_FAILURES
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from uuid import UUID
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.broker.redis import redis_client
-from gateway.hub import Hub, patient_topic
+from gateway.realtime.broker.redis import redis_client
+from gateway.realtime.hub import Hub, patient_topic
 from protocol.codec import encode
 from protocol.frames import Observer, Presence
 
@@ -135,7 +135,7 @@ class PresenceService:
         self._pending: dict[UUID, asyncio.Task[None]] = {}
         self._last_sent: dict[UUID, float] = {}
         self._renewer: asyncio.Task[None] | None = None
-        hub.signal_handlers[SIGNAL] = self._changed
+        hub.on_signal(SIGNAL, self._changed)
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_forever())

@@ -13,10 +13,10 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from gateway.auth import AuthError, Identity
-from gateway.metrics import CLOSES, ERRORS_SENT
-from gateway.outbox import Send
-from gateway.runtime import Runtime
-from gateway.session import Session
+from gateway.realtime.metrics import CLOSES, ERRORS_SENT
+from gateway.realtime.outbox import Send
+from gateway.realtime.service import RealtimeService
+from gateway.realtime.session import Session
 from protocol.codec import ProtocolError, encode
 from protocol.codes import CloseCode, ErrorCode
 
@@ -24,39 +24,38 @@ SUBPROTOCOL = "painar.v1"
 WS_PATH = "/v1/ws"
 
 
-async def websocket_endpoint(ws: WebSocket, send: Send) -> None:
+async def websocket_endpoint(realtime: RealtimeService, ws: WebSocket, send: Send) -> None:
     """`send` is the server's own ASGI send: the session writes frames through it."""
-    runtime: Runtime = ws.app.state.runtime
-    if runtime.draining:
+    if realtime.draining:
         body = {"error": "draining: reconnect to another gateway process"}
         await ws.send_denial_response(JSONResponse(body, status_code=503))
         return
     origin = ws.headers.get("origin")
-    allowed = runtime.settings.allowed_origins
+    allowed = realtime.config.allowed_origins
     if allowed and origin is not None and origin not in allowed:
         await ws.send_denial_response(JSONResponse({"error": "origin not allowed"}, 403))
         return
     offered = ws.scope.get("subprotocols") or []
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
-        identity = await _authenticate(ws, runtime)
+        identity = await _authenticate(ws, realtime)
     except AuthError as exc:
         await _refuse(ws, str(exc))
         return
     if identity is None:
         return  # the client left before authenticating
-    await Session(ws, send, identity, runtime).run()
+    await Session(ws, send, identity, realtime).run()
 
 
-async def _authenticate(ws: WebSocket, runtime: Runtime) -> Identity | None:
+async def _authenticate(ws: WebSocket, realtime: RealtimeService) -> Identity | None:
     header = ws.headers.get("authorization")
     if header is not None:
         scheme, _, bearer = header.partition(" ")
         if scheme.lower() != "bearer" or not bearer.strip():
             raise AuthError("Authorization header must be 'Bearer <token>'")
-        return await runtime.authenticator.verify(bearer.strip())
+        return await realtime.authenticator.verify(bearer.strip())
     try:
-        async with asyncio.timeout(runtime.settings.auth_timeout_s):
+        async with asyncio.timeout(realtime.config.auth_timeout_s):
             message = await ws.receive()
     except TimeoutError:
         raise AuthError("no auth frame within the time allowed") from None
@@ -72,7 +71,7 @@ async def _authenticate(ws: WebSocket, runtime: Runtime) -> Identity | None:
     token: object = frame.get("token")
     if not isinstance(token, str) or not token:
         raise AuthError("token: a non-empty string is required")
-    return await runtime.authenticator.verify(token)
+    return await realtime.authenticator.verify(token)
 
 
 async def _refuse(ws: WebSocket, message: str) -> None:

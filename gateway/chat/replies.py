@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
-from gateway.hub import patient_topic
-from gateway.reply import ReplyStream
+from gateway.chat.stream import ReplyStream
+from gateway.providers.base import UpstreamFailure
+from gateway.realtime.hub import patient_topic
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
 from protocol.frames import ChatDelta, ChatDone, Usage
@@ -30,33 +31,26 @@ class ChatRequest:
     patient_id: UUID
     thread_id: UUID
     text: str
-    device_id: str  # whose client_message_id this is (see gateway.sync.device_key)
+    device_id: str  # whose client_message_id this is (PatientIdentity.device_key)
     svg_path: str | None = None
     client_message_id: str | None = None
     source: Literal["text", "voice"] = "text"
     received: float = field(default_factory=time.monotonic)
 
 
-@dataclass(eq=False)
-class UpstreamFailure(Exception):
-    kind: str  # the metric label
-    message: str
-    retryable: bool  # by the gateway, before the first token
-    timeout: bool = False
-
-    def error(self) -> ProtocolError:
-        """What the sender is told. Sending again can help unless the model refused the
-        request itself (a 4xx other than 429: a bad key or model, a prompt it will not
-        take), which a resend repeats."""
-        if self.kind == "internal":
-            return ProtocolError(ErrorCode.INTERNAL, self.message, retryable=True)
-        code = ErrorCode.UPSTREAM_TIMEOUT if self.timeout else ErrorCode.UPSTREAM_ERROR
-        return ProtocolError(code, self.message, retryable=self.kind != "client_error")
+def failure_error(failure: UpstreamFailure) -> ProtocolError:
+    """What the sender is told. Sending again can help unless the model refused the
+    request itself (a 4xx other than 429: a bad key or model, a prompt it will not take),
+    which a resend repeats."""
+    if failure.kind == "internal":
+        return ProtocolError(ErrorCode.INTERNAL, failure.message, retryable=True)
+    code = ErrorCode.UPSTREAM_TIMEOUT if failure.timeout else ErrorCode.UPSTREAM_ERROR
+    return ProtocolError(code, failure.message, retryable=failure.kind != "client_error")
 
 
 class Reply:
-    """One reply on its way: its stream, who watches it, and how to stop it. Joined to
-    the patient's topic while it runs, so cancel signals reach it from any process."""
+    """One reply on its way: its stream, who watches it, and how to stop it. Its process
+    holds the patient's topic while it runs, so cancel signals reach it from any process."""
 
     def __init__(self, request: ChatRequest, message_id: UUID, window_s: float) -> None:
         self.request = request
@@ -77,12 +71,8 @@ class Reply:
         self.released = False  # the thread's lease
         self.notify: Callable[[ProtocolError], None] | None = None  # the sender, for errors
         self.watchers: list[Watcher] = []
-        # Set once the broker has handed back the last delta this reply published: it has
-        # then reached every process. Nothing published yet: nothing to wait for.
-        self.fanned_out = asyncio.Event()
-        self.fanned_out.set()
-        self._echo: str | None = None  # the `seq` of the delta awaited back, as encoded
-        self._id_text = str(self.id)
+        # The hub's sequence number of the last delta published (None: none published).
+        self.last_published: int | None = None
 
     def stop(self, reason: FinishReason) -> None:
         if self.stop_reason is None:
@@ -94,48 +84,30 @@ class Reply:
         for watcher in tuple(self.watchers):
             watcher(event)
 
-    def expect_echo(self, seq: int) -> None:
-        self._echo = f'"seq":{seq},'
-        self.fanned_out.clear()
 
-    def no_echo(self) -> None:
-        """The delta could not be published: none will come back."""
-        self._echo = None
-        self.fanned_out.set()
-
-    # The hub's listener interface: frames on the topic are for sockets; the reply only
-    # watches for its own last delta coming back.
-    def deliver(self, text: str) -> None:
-        echo = self._echo
-        if (
-            echo is not None
-            and text.startswith('{"type":"chat.delta"')
-            and echo in text
-            and self._id_text in text
-        ):
-            self.no_echo()
-
-    def broker_recovered(self) -> None:
-        pass
-
-
-class Replies:
-    """This process's replies in progress."""
+class LiveReplies:
+    """This process's replies in progress: by response id, and the tasks that run them
+    (which outlive the sockets that asked; the drain waits for them)."""
 
     def __init__(self) -> None:
-        self.live: dict[UUID, Reply] = {}
+        self.by_id: dict[UUID, Reply] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def cancel_signal(self, topic: str, payload: bytes) -> None:
         if len(payload) != 16:
             return
-        reply = self.live.get(UUID(bytes=payload))
+        reply = self.by_id.get(UUID(bytes=payload))
         if reply is not None and reply.topic == topic:  # only the patient's own devices
             reply.stop("cancelled")
 
     async def close(self) -> None:
         """Stop what still streams; each stores what it has (finish_reason: error)."""
-        for reply in tuple(self.live.values()):
+        for reply in tuple(self.by_id.values()):
             reply.stop("error")
         if self.tasks:
             await asyncio.wait(tuple(self.tasks), timeout=CLOSE_WAIT_S)

@@ -2,8 +2,8 @@
 failures become close codes.
 
 The receive loop decodes each frame, checks it against the rate limit and the sender's
-role, and hands it to its handler. Everything sent goes through the socket's outbox
-(gateway/outbox.py), so a slow socket never blocks a publisher or another socket: when
+role, and hands it to the router. Everything sent goes through the socket's outbox
+(gateway/realtime/outbox.py), so a slow socket never blocks a publisher or another socket: when
 its bounded queue is full it is closed with 1013 and its client resumes from its last
 sync version.
 """
@@ -19,25 +19,16 @@ from uuid import UUID
 
 from starlette.websockets import WebSocket
 
-from gateway.auth import Identity
-from gateway.handlers import HANDLERS
-from gateway.hub import patient_topic
-from gateway.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
-from gateway.outbox import Outbox, Send
-from gateway.presence import device_member
-from gateway.ratelimit import TokenBucket
-from gateway.runtime import Runtime
+from gateway.auth import Identity, PatientIdentity
+from gateway.realtime.hub import patient_topic
+from gateway.realtime.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
+from gateway.realtime.outbox import Outbox, Send
+from gateway.realtime.presence import device_member
+from gateway.realtime.ratelimit import TokenBucket
+from gateway.realtime.service import RealtimeService
 from protocol.codec import ProtocolError, decode_audio_frame, decode_client_frame, encode
 from protocol.codes import CloseCode, ErrorCode
-from protocol.frames import (
-    CLINICIAN_ONLY,
-    PATIENT_ONLY,
-    ClientFrame,
-    ServerFrame,
-    SessionReady,
-    SyncVersion,
-)
-from storage.changes import current_version
+from protocol.frames import ClientFrame, ServerFrame, SessionReady, SyncVersion
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +37,44 @@ CLOSE_FLUSH_S = 5.0  # how long a close may wait for queued frames to go out
 
 
 class Session:
-    def __init__(self, ws: WebSocket, send: Send, identity: Identity, runtime: Runtime) -> None:
+    """One socket; the `Peer` that handlers answer through."""
+
+    def __init__(
+        self, ws: WebSocket, send: Send, identity: Identity, realtime: RealtimeService
+    ) -> None:
         self.id = uuid.uuid4()
         self.ws = ws
-        self.identity = identity
-        self.runtime = runtime
-        self.topic = patient_topic(identity.patient_id) if identity.patient_id else None
-        settings = runtime.settings
+        self._identity = identity
+        self.realtime = realtime
+        # A patient's devices listen on the patient's topic.
+        self.patient = identity if isinstance(identity, PatientIdentity) else None
+        self.topic = patient_topic(self.patient.patient_id) if self.patient else None
+        config = realtime.config
         self.outbox = Outbox(
             send,
-            runtime.flusher,
-            max_frames=settings.send_queue_frames,
-            max_bytes=settings.send_queue_bytes,
+            realtime.flusher,
+            max_frames=config.send_queue_frames,
+            max_bytes=config.send_queue_bytes,
             on_overflow=lambda: self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer"),
         )
-        self._bucket = TokenBucket(settings.frames_per_s, settings.burst)
+        self._bucket = TokenBucket(config.limits.frames_per_s, config.burst)
         # How long a close may take before the peer counts as gone (it stopped reading).
-        self._close_timeout = min(CLOSE_FLUSH_S, 2 * settings.heartbeat_s)
+        self._close_timeout = min(CLOSE_FLUSH_S, 2 * config.heartbeat_s)
         self._task: asyncio.Task[None] | None = None
         self._receiving = False
         self._gave_up = False
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._limited_in_a_row = 0
         self._bad_in_a_row = 0
-        self.tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
+        self._tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        return self._tasks
 
     # ---- sending ----------------------------------------------------------------------
 
@@ -106,37 +111,32 @@ class Session:
     # ---- the hub's listener interface ------------------------------------------------
 
     def broker_recovered(self) -> None:
-        if self.identity.patient_id is not None:
-            self.spawn(self._send_sync_version())
+        if self.patient is not None:
+            self.spawn(self._send_sync_version(self.patient.patient_id))
 
-    async def _send_sync_version(self) -> None:
-        assert self.identity.patient_id is not None
-        version = await self._sync_version(self.identity.patient_id)
-        self.send(SyncVersion(patient_id=self.identity.patient_id, version=version))
-
-    async def _sync_version(self, patient_id: UUID) -> int:
-        async with self.runtime.pool.acquire() as conn:
-            return await current_version(conn, patient_id)
+    async def _send_sync_version(self, patient_id: UUID) -> None:
+        version = await self.realtime.sync_version(patient_id)
+        self.send(SyncVersion(patient_id=patient_id, version=version))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work that outlives its frame; the drain waits for it."""
         task = asyncio.create_task(work)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ---- receiving --------------------------------------------------------------------
 
     async def run(self) -> None:
-        runtime, identity = self.runtime, self.identity
-        runtime.sessions.add(self)
+        realtime, identity, patient = self.realtime, self.identity, self.patient
+        realtime.sockets.add(self)
         WS_CONNECTIONS.labels(identity.role).inc()
         self._task = asyncio.current_task()
         try:
             await self._ready()
-            if self.topic is not None and identity.patient_id is not None:
-                await runtime.hub.join(self.topic, self)
+            if self.topic is not None and patient is not None:
+                await realtime.hub.join(self.topic, self)
                 member = device_member(self.id, identity.device_id)
-                await runtime.presence.joined(identity.patient_id, member)
+                await realtime.presence.joined(patient.patient_id, member)
             self._receiving = True
             await self._receive_loop()
         except asyncio.CancelledError:
@@ -151,30 +151,30 @@ class Session:
             self.close(CloseCode.INTERNAL, "internal error")
         finally:
             self._receiving = False
-            if self.topic is not None and identity.patient_id is not None:
-                await runtime.presence.left(identity.patient_id, str(self.id))
-                await runtime.hub.leave(self.topic, self)
-            runtime.sessions.discard(self)
+            if self.topic is not None and patient is not None:
+                await realtime.presence.left(patient.patient_id, str(self.id))
+                await realtime.hub.leave(self.topic, self)
+            realtime.sockets.discard(self)
             WS_CONNECTIONS.labels(identity.role).dec()
             await self._finish()
             if self._give_up_timer is not None:
                 self._give_up_timer.cancel()
 
     async def _ready(self) -> None:
-        identity, runtime = self.identity, self.runtime
+        realtime, patient = self.realtime, self.patient
         sync_version = None
-        if identity.patient_id is not None:
-            sync_version = await self._sync_version(identity.patient_id)
+        if patient is not None:
+            sync_version = await realtime.sync_version(patient.patient_id)
         self.send(
             SessionReady(
                 session_id=self.id,
-                role=identity.role,
-                patient_id=identity.patient_id,
-                device_id=identity.device_id,
+                role=self.identity.role,
+                patient_id=patient.patient_id if patient is not None else None,
+                device_id=self.identity.device_id,
                 sync_version=sync_version,
-                heartbeat_s=runtime.settings.heartbeat_s,
-                limits=runtime.limits,
-                providers=runtime.providers,
+                heartbeat_s=realtime.config.heartbeat_s,
+                limits=realtime.config.limits,
+                providers=realtime.providers,
             )
         )
 
@@ -208,7 +208,7 @@ class Session:
 
     def _rate_limited(self) -> None:
         self._limited_in_a_row += 1
-        if self._limited_in_a_row > self.runtime.settings.burst:
+        if self._limited_in_a_row > self.realtime.config.burst:
             self.close(CloseCode.POLICY, "rate limit exceeded")
             return
         self.send_error(
@@ -223,35 +223,12 @@ class Session:
             self.close(CloseCode.POLICY, "too many bad frames")
 
     async def _dispatch(self, frame: ClientFrame) -> None:
-        kind: str = frame.type
-        ref: str | None = getattr(frame, "id", None)
-        FRAMES_IN.labels(kind).inc()
-        role = self.identity.role
-        if kind == "auth":
-            error = ProtocolError(
-                ErrorCode.INVALID, "type: auth is accepted only as the first frame", ref
-            )
-            self.send_error(error)
-            return
-        if (kind in PATIENT_ONLY and role != "patient") or (
-            kind in CLINICIAN_ONLY and role != "clinician"
-        ):
-            self.send_error(
-                ProtocolError(ErrorCode.FORBIDDEN, f"{kind} is not allowed for {role}s", ref)
-            )
-            return
-        handler = HANDLERS.get(kind)
-        if handler is None:
-            self.send_error(
-                ProtocolError(
-                    ErrorCode.UNAVAILABLE, f"{kind} is not available on this gateway yet", ref
-                )
-            )
-            return
+        FRAMES_IN.labels(frame.type).inc()
         try:
-            await handler(self, frame)
+            await self.realtime.router.dispatch(self, frame)
         except Exception as exc:
-            log.error("handler for %s failed: %s", kind, type(exc).__name__, exc_info=exc)
+            log.error("handler for %s failed: %s", frame.type, type(exc).__name__, exc_info=exc)
+            ref: str | None = getattr(frame, "id", None)
             self.send_error(
                 ProtocolError(ErrorCode.INTERNAL, "internal error", ref, retryable=True)
             )

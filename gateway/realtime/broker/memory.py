@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.broker import MessageHandler, RecoveryHandler
+from gateway.realtime.broker import MessageHandler, RecoveryHandler
 
 
 class MemoryBroker:

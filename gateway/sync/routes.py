@@ -19,10 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.auth import Identity
-from gateway.rest import error_response, patient_identity, read_body
-from gateway.runtime import Runtime
-from gateway.sync import DEFAULT_PULL_LIMIT, pull, push
+from gateway.auth import PatientIdentity
+from gateway.http.rest import BearerAuth, error_response, read_body
+from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
 from protocol.codec import describe
 from protocol.frames import (
     MAX_MUTATIONS,
@@ -79,34 +78,53 @@ class PullQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=MAX_PULL_LIMIT)] = DEFAULT_PULL_LIMIT
 
 
-async def sync_endpoint(request: Request) -> Response:
-    identity = await patient_identity(request, "sync")
-    if isinstance(identity, JSONResponse):
-        return identity
-    if request.method == "GET":
-        return await _get(request, identity)
-    return await _post(request, identity)
+class SyncRoutes:
+    def __init__(self, service: SyncService, auth: BearerAuth) -> None:
+        self.service = service
+        self.auth = auth
 
+    async def endpoint(self, request: Request) -> Response:
+        identity = await self.auth.patient(request, "sync")
+        if isinstance(identity, JSONResponse):
+            return identity
+        if request.method == "GET":
+            return await self._get(request, identity)
+        return await self._post(request, identity)
 
-async def _post(request: Request, identity: Identity) -> Response:
-    received = time.time()
-    payload = await read_body(request, LegacySync)
-    if isinstance(payload, JSONResponse):
-        return payload
-    assert identity.patient_id is not None
-    device = identity.device_id or payload.client_id
-    mutations = [_mutation(payload, "thread", t) for t in payload.threads]
-    mutations += [_mutation(payload, "message", m) for m in payload.messages]
-    runtime: Runtime = request.app.state.runtime
-    result = await push(runtime, identity.patient_id, device, mutations, origin=received)
-    return JSONResponse(
-        {
-            "version": result.version,
-            "applied": result.applied,
-            "duplicates": result.duplicates,
-            "rejected": [r.model_dump() for r in result.rejected],
-        }
-    )
+    async def _post(self, request: Request, identity: PatientIdentity) -> Response:
+        received = time.time()
+        payload = await read_body(request, LegacySync)
+        if isinstance(payload, JSONResponse):
+            return payload
+        device = identity.device_id or payload.client_id
+        mutations = [_mutation(payload, "thread", t) for t in payload.threads]
+        mutations += [_mutation(payload, "message", m) for m in payload.messages]
+        result = await self.service.push(identity.patient_id, device, mutations, origin=received)
+        return JSONResponse(
+            {
+                "version": result.version,
+                "applied": result.applied,
+                "duplicates": result.duplicates,
+                "rejected": [r.model_dump() for r in result.rejected],
+            }
+        )
+
+    async def _get(self, request: Request, identity: PatientIdentity) -> Response:
+        try:
+            query = PullQuery.model_validate(dict(request.query_params))
+        except ValidationError as exc:
+            return error_response(422, "invalid", describe(exc))
+        pulled = await self.service.pull(identity.patient_id, query.since, query.limit)
+        return Response(
+            orjson.dumps(
+                {
+                    "version": pulled.version,
+                    "changes": [c.model_dump(mode="json") for c in pulled.changes],
+                    "has_more": pulled.has_more,
+                }
+            ),
+            media_type="application/json",
+        )
 
 
 def _mutation(payload: LegacySync, entity: str, item: LegacyItem) -> dict[str, Any]:
@@ -128,23 +146,3 @@ def _mutation(payload: LegacySync, entity: str, item: LegacyItem) -> dict[str, A
     else:
         mutation.update(op="upsert", data=fields)
     return mutation
-
-
-async def _get(request: Request, identity: Identity) -> Response:
-    try:
-        query = PullQuery.model_validate(dict(request.query_params))
-    except ValidationError as exc:
-        return error_response(422, "invalid", describe(exc))
-    assert identity.patient_id is not None
-    runtime: Runtime = request.app.state.runtime
-    version, changes, has_more = await pull(runtime, identity.patient_id, query.since, query.limit)
-    return Response(
-        orjson.dumps(
-            {
-                "version": version,
-                "changes": [c.model_dump(mode="json") for c in changes],
-                "has_more": has_more,
-            }
-        ),
-        media_type="application/json",
-    )

@@ -3,8 +3,8 @@
 Every fan-out is a PUBLISH and every delivery a pushed message, so both sit on the path
 of every chat token. A link writes commands straight onto its socket and hands each reply
 to a callback from the event loop's read callback, parsed by hiredis: no task wake-up per
-reply and no pool hand-off, which redis-py's connections cost (about 0.1 ms a message
-measured on the subscriber). By default replies answer the link's commands in order;
+reply and no pool hand-off, which redis-py's connections cost (measured in
+docs/benchmarks.md, chat section). By default replies answer the link's commands in order;
 the subscriber takes them over for pushed messages.
 """
 

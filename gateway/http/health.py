@@ -25,18 +25,24 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> JSONResponse:
-    if request.app.state.runtime.draining:
-        # Shutting down: the load balancer should send new clients elsewhere.
-        return JSONResponse({"status": "draining", "failing": ["draining"]}, status_code=503)
-    probes: dict[str, Probe] = request.app.state.readiness_probes
-    results = await asyncio.gather(*(_run(name, probe) for name, probe in probes.items()))
-    checks = dict(zip(probes, results, strict=True))
-    failing = [name for name, result in checks.items() if result != "ok"]
-    if failing:
-        body = {"status": "unavailable", "failing": failing, "checks": checks}
-        return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "checks": checks})
+class Readiness:
+    def __init__(self, probes: dict[str, Probe], draining: Callable[[], bool]) -> None:
+        self.probes = probes  # part name -> a check that raises unless it works now
+        self.draining = draining
+
+    async def endpoint(self, request: Request) -> JSONResponse:
+        if self.draining():
+            # Shutting down: the load balancer should send new clients elsewhere.
+            body = {"status": "draining", "failing": ["draining"]}
+            return JSONResponse(body, status_code=503)
+        probes = self.probes
+        results = await asyncio.gather(*(_run(name, probe) for name, probe in probes.items()))
+        checks = dict(zip(probes, results, strict=True))
+        failing = [name for name, result in checks.items() if result != "ok"]
+        if failing:
+            unavailable = {"status": "unavailable", "failing": failing, "checks": checks}
+            return JSONResponse(unavailable, status_code=503)
+        return JSONResponse({"status": "ready", "checks": checks})
 
 
 async def _run(name: str, probe: Probe) -> str:

@@ -1,0 +1,56 @@
+"""What the original backend's HTTP routes share: the error body, the patient behind a
+bearer token, and reading a JSON body."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.auth import Authenticator, AuthError, PatientIdentity
+from protocol.codec import describe
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+class BearerAuth:
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def patient(self, request: Request, purpose: str) -> PatientIdentity | JSONResponse:
+        """The patient behind `Authorization: Bearer`, or the 401/403 answer."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return error_response(
+                401, "unauthenticated", "Authorization: a Bearer token is required"
+            )
+        try:
+            identity = await self.authenticator.verify(token.strip())
+        except AuthError as exc:
+            return error_response(401, "unauthenticated", str(exc))
+        if not isinstance(identity, PatientIdentity):
+            return error_response(403, "forbidden", f"{purpose} is for patients")
+        return identity
+
+
+async def read_body(request: Request, model: type[Body]) -> Body | JSONResponse:
+    """The JSON body as `model`, or 400 (not JSON) / 422 (naming the wrong field)."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return error_response(400, "bad_frame", "body: not valid JSON")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        return error_response(422, "invalid", describe(exc))

@@ -1,0 +1,1 @@
+"""Running the process: logging and error reports, both without patient data."""

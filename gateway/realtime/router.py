@@ -1,0 +1,89 @@
+"""Frame type -> handler, by the sender's role. Features register their handlers at
+start-up (the composition happens in gateway/app.py); the socket layer knows none of them.
+
+A handler gets a `Peer`: who sent the frame, and how to answer. Registering for patients
+gives the handler a peer whose identity is a `PatientIdentity` (its `patient_id` is
+never missing), for clinicians a `ClinicianIdentity`.
+
+Dispatch, the one place that decides what an unhandled frame gets:
+- the protocol does not let this role send the frame type (`senders`): `forbidden`;
+- no feature registered a handler for the type: `unavailable`;
+- handlers are registered for the type, but not for this role: `forbidden`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar, cast
+
+from gateway.auth import ClinicianIdentity, Identity, PatientIdentity
+from protocol.codec import ProtocolError
+from protocol.codes import ErrorCode
+from protocol.frames import ClientFrame, Role, ServerFrame, frame_type
+
+IdentityT = TypeVar("IdentityT", bound=Identity, covariant=True)
+FrameT = TypeVar("FrameT", bound=ClientFrame)
+
+
+class Peer(Protocol[IdentityT]):
+    """What a handler may do with the socket that sent its frame."""
+
+    @property
+    def identity(self) -> IdentityT: ...
+
+    def send(self, frame: ServerFrame) -> None:
+        """Queue a frame to this socket (never blocks)."""
+
+    def send_error(self, error: ProtocolError) -> None: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work that outlives the frame; the drain waits for it."""
+
+
+Handler = Callable[[Peer[IdentityT], FrameT], Awaitable[None]]
+# Stored without the frame's own type: dispatch only calls a handler with frames of the
+# model it was registered for.
+_AnyHandler = Callable[[Peer[Identity], Any], Awaitable[None]]
+
+
+class Router:
+    def __init__(self) -> None:
+        self._handlers: dict[str, dict[Role, _AnyHandler]] = {}
+
+    def for_patients(self, model: type[FrameT], handler: Handler[PatientIdentity, FrameT]) -> None:
+        self._add(model, ("patient",), cast(_AnyHandler, handler))
+
+    def for_clinicians(
+        self, model: type[FrameT], handler: Handler[ClinicianIdentity, FrameT]
+    ) -> None:
+        self._add(model, ("clinician",), cast(_AnyHandler, handler))
+
+    def for_everyone(self, model: type[FrameT], handler: Handler[Identity, FrameT]) -> None:
+        self._add(model, tuple(model.senders), cast(_AnyHandler, handler))
+
+    def handled(self) -> dict[str, dict[Role, _AnyHandler]]:
+        """Frame type -> role -> handler, as registered (for docs and tests)."""
+        return {kind: dict(by_role) for kind, by_role in self._handlers.items()}
+
+    def _add(self, model: type[ClientFrame], roles: tuple[Role, ...], handler: _AnyHandler) -> None:
+        kind = frame_type(model)
+        registered = self._handlers.get(kind, {})
+        for role in sorted(roles):  # all checked before any is added
+            if role not in model.senders:
+                raise ValueError(f"{kind}: the protocol does not let {role}s send it")
+            if role in registered:
+                raise ValueError(f"{kind}: a handler for {role}s is already registered")
+        self._handlers[kind] = {**registered, **dict.fromkeys(roles, handler)}
+
+    async def dispatch(self, peer: Peer[Identity], frame: ClientFrame) -> None:
+        kind, role = frame.type, peer.identity.role
+        ref: str | None = getattr(frame, "id", None)
+        by_role = self._handlers.get(kind)
+        if role not in frame.senders or (by_role is not None and role not in by_role):
+            error = ProtocolError(ErrorCode.FORBIDDEN, f"{kind} is not allowed for {role}s", ref)
+            peer.send_error(error)
+        elif by_role is None:
+            message = f"{kind} is not available on this gateway yet"
+            peer.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, ref))
+        else:
+            await by_role[role](peer, frame)

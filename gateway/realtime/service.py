@@ -1,0 +1,115 @@
+"""The socket layer's state: its settings, the parts every socket uses, the open sockets,
+and the drain.
+
+Features reach sockets only through the router (gateway/realtime/router.py) and the hub;
+what the socket layer needs from a feature comes in as a plain function
+(`sync_version`), so nothing here imports one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from gateway.auth import Authenticator
+from gateway.realtime.hub import Hub
+from gateway.realtime.outbox import Flusher
+from gateway.realtime.presence import PresenceService
+from gateway.realtime.router import Router
+from gateway.settings import Settings
+from protocol.codes import CloseCode
+from protocol.frames import Limits, Providers, Reconnect, ServerFrame
+
+log = logging.getLogger(__name__)
+
+RECONNECT_JITTER_MS = 2000  # spread reconnects so they do not all land at once
+
+# A patient's latest sync version (for session.ready, and after a broker outage).
+SyncVersion = Callable[[UUID], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    heartbeat_s: float
+    auth_timeout_s: float
+    allowed_origins: tuple[str, ...]
+    burst: int
+    send_queue_frames: int
+    send_queue_bytes: int
+    limits: Limits  # advertised in session.ready
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RealtimeConfig:
+        return cls(
+            heartbeat_s=settings.heartbeat_s,
+            auth_timeout_s=settings.auth_timeout_s,
+            allowed_origins=tuple(settings.allowed_origins),
+            burst=settings.burst,
+            send_queue_frames=settings.send_queue_frames,
+            send_queue_bytes=settings.send_queue_bytes,
+            limits=Limits(
+                max_frame_bytes=settings.max_frame_bytes,
+                max_audio_bytes=settings.max_audio_bytes,
+                frames_per_s=settings.frames_per_s,
+                burst=settings.burst,
+            ),
+        )
+
+
+class OpenSocket(Protocol):
+    """What the drain needs of a socket."""
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """Work started by the socket's frames that is still running."""
+
+    def send(self, frame: ServerFrame) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
+class RealtimeService:
+    def __init__(
+        self,
+        config: RealtimeConfig,
+        *,
+        hub: Hub,
+        presence: PresenceService,
+        authenticator: Authenticator,
+        router: Router,
+        providers: Providers,
+        sync_version: SyncVersion,
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        self.presence = presence
+        self.authenticator = authenticator
+        self.router = router
+        self.providers = providers
+        self.sync_version = sync_version
+        self.flusher = Flusher()
+        self.sockets: set[OpenSocket] = set()
+        self.draining = False
+
+    async def drain(self, seconds: float, in_flight: Iterable[asyncio.Task[None]] = ()) -> None:
+        """Refuse new sockets, tell every open one to reconnect (with jitter), wait up to
+        `seconds` for their work and `in_flight` (work that outlives sockets), then close
+        them with 1012."""
+        self.draining = True
+        sockets = tuple(self.sockets)
+        log.info("draining %d socket(s)", len(sockets))
+        for socket in sockets:
+            socket.send(
+                Reconnect(reason="server_restart", after_ms=random.randrange(RECONNECT_JITTER_MS))
+            )
+        pending = [task for socket in sockets for task in socket.tasks]
+        pending += in_flight
+        if pending:
+            await asyncio.wait(pending, timeout=seconds)
+        for socket in sockets:
+            socket.close(CloseCode.SERVICE_RESTART, "server restart")

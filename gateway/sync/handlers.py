@@ -1,0 +1,57 @@
+"""`sync.push` and `sync.pull` over the socket."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.auth import PatientIdentity
+from gateway.realtime.router import Peer, Router
+from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
+from protocol.codec import ProtocolError
+from protocol.codes import ErrorCode
+from protocol.frames import SyncAck, SyncChanges, SyncPull, SyncPush
+
+
+class SyncHandlers:
+    def __init__(self, service: SyncService) -> None:
+        self.service = service
+
+    def register(self, router: Router) -> None:
+        router.for_patients(SyncPush, self.push)
+        router.for_patients(SyncPull, self.pull)
+
+    async def push(self, peer: Peer[PatientIdentity], frame: SyncPush) -> None:
+        identity = peer.identity
+        result = await self.service.push(
+            identity.patient_id, identity.device_key, frame.mutations, origin=time.time()
+        )
+        peer.send(
+            SyncAck(
+                ref=frame.id,
+                version=result.version,
+                applied=result.applied,
+                duplicates=result.duplicates,
+                rejected=result.rejected,
+            )
+        )
+
+    async def pull(self, peer: Peer[PatientIdentity], frame: SyncPull) -> None:
+        patient_id = peer.identity.patient_id
+        if frame.patient_id is not None and frame.patient_id != patient_id:
+            peer.send_error(
+                ProtocolError(
+                    ErrorCode.FORBIDDEN, "patient_id: not this session's patient", frame.id
+                )
+            )
+            return
+        pulled = await self.service.pull(patient_id, frame.since, frame.limit or DEFAULT_PULL_LIMIT)
+        peer.send(
+            SyncChanges(
+                ref=frame.id,
+                patient_id=patient_id,
+                since=frame.since,
+                version=pulled.version,
+                changes=pulled.changes,
+                has_more=pulled.has_more,
+            )
+        )

@@ -1,0 +1,126 @@
+"""Sync: devices push mutations and pull changes (over the socket and the original REST
+routes alike).
+
+Conflict policy: the server's order wins — mutations apply in the order they reach the
+change log, each push's in its own order, and the last write to an entity is its state.
+A delete is final: an upsert of a deleted thread or message is rejected with `conflict`,
+and deleting a thread deletes its messages. A replayed mutation (same device, same
+`mutation_id`) is reported as a duplicate and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from gateway.sync.metrics import SYNC_MUTATIONS, SYNC_PULLS
+from gateway.sync.writes import ChangeWriter, wire_change
+from protocol.frames import Change, MessageFields, RejectedMutation, ThreadFields
+from protocol.mutations import InvalidMutation, ValidMutation, parse_mutation
+from storage.changes import (
+    Applied,
+    Duplicate,
+    MessageData,
+    Mutation,
+    Rejected,
+    ThreadData,
+    changes_since,
+    current_version,
+)
+from storage.database import Database
+
+DEFAULT_PULL_LIMIT = 500
+
+
+@dataclass
+class PushResult:
+    version: int
+    applied: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[RejectedMutation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pulled:
+    version: int  # the patient's latest
+    changes: list[Change]  # after `since`, oldest first
+    has_more: bool
+
+
+class SyncService:
+    def __init__(self, db: Database, writer: ChangeWriter) -> None:
+        self.db = db
+        self.writer = writer
+
+    async def push(
+        self,
+        patient_id: UUID,
+        device_id: str,
+        raw_mutations: Sequence[Any],
+        *,
+        origin: float | None = None,
+    ) -> PushResult:
+        parsed = [parse_mutation(raw) for raw in raw_mutations]
+        valid = [p for p in parsed if isinstance(p, ValidMutation)]
+        written = await self.writer.write(
+            patient_id, [_stored(m) for m in valid], device_id=device_id, origin=origin
+        )
+        result = PushResult(version=written.version)
+        outcomes = iter(written.results)
+        for mutation in parsed:
+            if isinstance(mutation, InvalidMutation):
+                reject = RejectedMutation(
+                    mutation_id=mutation.mutation_id, code=mutation.code, message=mutation.message
+                )
+                result.rejected.append(reject)
+                continue
+            outcome = next(outcomes)
+            if isinstance(outcome, Applied):
+                result.applied.append(mutation.mutation_id)
+            elif isinstance(outcome, Duplicate):
+                result.duplicates.append(mutation.mutation_id)
+            else:
+                assert isinstance(outcome, Rejected)
+                result.rejected.append(
+                    RejectedMutation(
+                        mutation_id=mutation.mutation_id,
+                        code=outcome.code,
+                        message=outcome.message,
+                    )
+                )
+        SYNC_MUTATIONS.labels("applied").inc(len(result.applied))
+        SYNC_MUTATIONS.labels("duplicate").inc(len(result.duplicates))
+        SYNC_MUTATIONS.labels("rejected").inc(len(result.rejected))
+        return result
+
+    async def pull(self, patient_id: UUID, since: int, limit: int) -> Pulled:
+        """The changes after `since`, read consistently with the latest version."""
+        async with self.db.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                version = await current_version(conn, patient_id)
+                changes, has_more = await changes_since(conn, patient_id, since, limit)
+        SYNC_PULLS.inc()
+        return Pulled(version, [wire_change(c) for c in changes], has_more)
+
+    async def version(self, patient_id: UUID) -> int:
+        """The patient's latest sync version (0 before any change)."""
+        async with self.db.acquire() as conn:
+            return await current_version(conn, patient_id)
+
+
+def _stored(m: ValidMutation) -> Mutation:
+    data: ThreadData | MessageData | None = None
+    if isinstance(m.data, ThreadFields):
+        data = ThreadData(title=m.data.title)
+    elif isinstance(m.data, MessageFields):
+        data = MessageData(
+            thread_id=m.data.thread_id,
+            role="user",
+            content=m.data.content,
+            svg_path=m.data.svg_path,
+            source="sync",
+            created_at=m.data.created_at,
+        )
+    return Mutation(m.entity, m.op, m.id, data, m.mutation_id)

@@ -1,0 +1,81 @@
+"""The one way the gateway writes threads and messages: apply through the change log,
+then publish the committed changes as one `sync.delta` on the patient's topic.
+
+Publishing happens after the commit, under a per-patient advisory lock held from before
+the write until after the publish: two writers of one patient (on any processes)
+commit and publish in the same order, so every socket sees the patient's deltas in
+version order. If the broker is down, the changes are stored all the same; sockets get
+`sync.version` when the link recovers and pull what they missed.
+
+Other features write through `ChangeWriter` too (chat stores messages and replies with
+it): this module is sync's interface to them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from uuid import UUID
+
+from gateway.realtime.broker import BrokerUnavailable
+from gateway.realtime.hub import Hub, patient_topic
+from protocol.frames import Change, ServerFrame, SyncDelta
+from storage.changes import Change as StoredChange
+from storage.changes import Mutation, WriteResult, apply_mutations
+from storage.database import Connection, Database
+
+# Runs after the commit, still under the patient's lock and on the same connection; the
+# frames it returns are published just before the write's sync.delta.
+AfterCommit = Callable[[Connection, WriteResult], Awaitable[Sequence[ServerFrame]]]
+
+
+class ChangeWriter:
+    def __init__(self, db: Database, hub: Hub) -> None:
+        self.db = db
+        self.hub = hub
+
+    async def write(
+        self,
+        patient_id: UUID,
+        mutations: Sequence[Mutation],
+        *,
+        device_id: str | None,
+        origin: float | None = None,
+        after_commit: AfterCommit | None = None,
+    ) -> WriteResult:
+        origin = origin or time.time()
+        # The patient's lock is held from before the write until the connection returns to
+        # the pool, after the publish (see apply_mutations).
+        async with self.db.acquire() as conn:
+            result = await apply_mutations(
+                conn, patient_id, mutations, device_id=device_id, hold_until_release=True
+            )
+            frames = list(await after_commit(conn, result)) if after_commit is not None else []
+            if result.changes:
+                frames.append(
+                    SyncDelta(
+                        patient_id=patient_id,
+                        version=result.version,
+                        changes=[wire_change(c) for c in result.changes],
+                    )
+                )
+            topic = patient_topic(patient_id)
+            try:
+                for frame in frames:
+                    await self.hub.publish(topic, frame, origin)
+            except BrokerUnavailable:
+                pass  # stored; clients catch up through sync.version and sync.pull
+        return result
+
+
+def wire_change(change: StoredChange) -> Change:
+    return Change(
+        version=change.version,
+        entity=change.entity,
+        op=change.op,
+        id=change.id,
+        data=change.data,
+        device_id=change.device_id,
+        mutation_id=change.mutation_id,
+        at=change.at,
+    )
