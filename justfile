@@ -23,7 +23,7 @@ install:
     fi
     if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
         {{bin}}/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-        {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,dev]'
+        {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,local-asr,dev]'
         touch .venv/.installed
     fi
 
@@ -32,8 +32,21 @@ run *args: install
     DEBUG="${DEBUG:-true}" exec {{bin}}/painar-gateway serve {{args}}
 
 # Run the test suite (arguments go to pytest)
-test *args: install
+test *args: install speech-tools
     {{bin}}/pytest {{args}}
+
+# The voice suites synthesise real speech: espeak-ng and sox (Debian packages)
+speech-tools:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v espeak-ng >/dev/null && command -v sox >/dev/null; then exit 0; fi
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; }
+    else
+        echo "just: the voice tests need espeak-ng and sox (apt-get install espeak-ng sox)" >&2
+        exit 1
+    fi
 
 # ruff check, ruff format --check, mypy, lint-imports (the layering)
 lint: install

@@ -5,8 +5,10 @@ start-up and shut-down (docs/architecture.md draws the result)."""
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from uuid import UUID
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -14,15 +16,21 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway.auth import Authenticator
+from gateway.audio import handlers as audio_handlers
+from gateway.audio import vad
+from gateway.audio.config import AudioConfig
+from gateway.audio.service import AudioService
+from gateway.audio.spool import private_directory
+from gateway.auth import Authenticator, PatientIdentity
 from gateway.chat.config import ChatConfig
 from gateway.chat.handlers import ChatHandlers
+from gateway.chat.replies import ChatRequest
 from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
 from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.http.rest import BearerAuth
-from gateway.providers import make_models
+from gateway.providers import NO_TRANSCRIPTION, make_models
 from gateway.realtime import control
 from gateway.realtime.broker import Broker
 from gateway.realtime.broker.memory import MemoryBroker
@@ -37,6 +45,7 @@ from gateway.sync.handlers import SyncHandlers
 from gateway.sync.routes import SyncRoutes
 from gateway.sync.service import SyncService
 from gateway.sync.writes import ChangeWriter
+from protocol.codec import ProtocolError
 from storage.database import Database
 
 
@@ -69,10 +78,21 @@ class Services:
             writer=writer,
             models=self.models,
         )
+        self.spool_dir = private_directory(settings.audio_spool_dir)
+        self.audio = AudioService(
+            AudioConfig.from_settings(settings),
+            hub=self.hub,
+            transcriber=self.models.transcriber,
+            spool_dir=self.spool_dir,
+            respond=self._voice_message,
+            vad=vad.SileroVad.for_stream if vad.available() else None,
+            unavailable_reason=NO_TRANSCRIPTION,
+        )
         self.router = Router()
         control.register(self.router)
         SyncHandlers(self.sync).register(self.router)
         ChatHandlers(self.chat).register(self.router)
+        audio_handlers.register(self.router, self.audio)
         self.realtime = RealtimeService(
             RealtimeConfig.from_settings(settings),
             hub=self.hub,
@@ -103,11 +123,33 @@ class Services:
         self.presence.start()
 
     async def close(self) -> None:
+        await self.audio.close()
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
         await self.chat.close()
         await self.models.close()
         await self.presence.close()
         await self.hub.close()
         await self.db.close()
+
+    async def _voice_message(
+        self,
+        patient: PatientIdentity,
+        thread_id: UUID,
+        text: str,
+        key: str,
+        notify: Callable[[ProtocolError], None],
+    ) -> ProtocolError | None:
+        """A transcript enters the conversation like a typed message (voice -> chat)."""
+        request = ChatRequest(
+            patient_id=patient.patient_id,
+            thread_id=thread_id,
+            text=text,
+            device_id=patient.device_key,
+            client_message_id=key,
+            source="voice",
+        )
+        outcome = await self.chat.accept(request, ack=lambda _: None, notify=notify)
+        return outcome if isinstance(outcome, ProtocolError) else None
 
     async def drain(self) -> None:
         """Before shutting down: sockets are told to reconnect elsewhere, in-flight work

@@ -9,7 +9,7 @@ never echoed, since several are secrets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     chat_retry_backoff_s: Annotated[float, Field(ge=0)] = 0.5
     chat_coalesce_ms: Annotated[float, Field(ge=0, le=1000)] = 20.0
     reply_lease_s: Annotated[float, Field(ge=5)] = 60.0
+    # Voice: which transcription provider, its limits and resources.
+    # Unset: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else local when the
+    # local-asr extra is installed, else none.
+    transcription_provider: Literal["openai", "local", "none"] | None = None
+    transcription_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    transcription_cpu_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    max_audio_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    audio_idle_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    audio_spool_bytes: Annotated[int, Field(ge=0)] = 2 * 1024 * 1024
+    audio_spool_dir: Path | None = None  # unset: a private directory under the system's
+    max_audio_streams: Annotated[int, Field(ge=1, le=64)] = 4  # open per socket
 
     @field_validator("database_url")
     @classmethod

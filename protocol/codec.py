@@ -3,6 +3,7 @@ or a ProtocolError that says what was wrong (and the frame's `id`, when it had o
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from protocol.frames import (
     ServerFrame,
 )
 
+_FIELD_FIRST = re.compile(r"^[a-z_]+: ")
 # Binary audio frame: 16 bytes stream_id (UUID), 4 bytes seq (unsigned, big-endian), audio.
 AUDIO_HEADER = struct.Struct(">16sI")
 
@@ -65,8 +67,10 @@ def validate_client_frame(obj: dict[str, Any]) -> ClientFrame | ProtocolError:
 def describe(exc: ValidationError) -> str:
     """The first problem, as `field.path: what is wrong` (never the offending value)."""
     error = exc.errors(include_input=False, include_url=False, include_context=False)[0]
-    where = ".".join(str(part) for part in error["loc"]) or "frame"
     message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"] and _FIELD_FIRST.match(message):
+        return message  # a check across fields, which names the field itself
+    where = ".".join(str(part) for part in error["loc"]) or "frame"
     return f"{where}: {message}"
 
 

@@ -27,6 +27,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from protocol.svg import MAX_SVG_PATH_CHARS, check_svg_path
@@ -68,6 +69,7 @@ def _json_number(value: Any) -> Any:
 # A time a client gives for something stored.
 ClientTime = Annotated[datetime, AfterValidator(_storable_time)]
 AudioFormat = Literal["pcm16", "wav", "webm", "ogg", "mp3", "m4a"]
+TurnDetection = Literal["manual", "server_vad"]
 Role = Literal["patient", "clinician"]
 
 
@@ -140,6 +142,20 @@ class AudioStart(ClientFrame):
     sample_rate: Annotated[int, Field(strict=True, ge=8000, le=48000)] | None = None
     language: Annotated[str, Field(min_length=2, max_length=16)] | None = None
     respond: bool = True
+    # "server_vad": the gateway finds where speech ends and transcribes each utterance
+    # (pcm16 only); "manual": one transcript at audio.commit.
+    turn_detection: TurnDetection = "manual"
+    silence_ms: Annotated[int, Field(strict=True, ge=100, le=10_000)] = 600
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> AudioStart:
+        if self.format == "pcm16" and self.sample_rate is None:
+            raise ValueError("sample_rate: required for pcm16")
+        if self.format != "pcm16" and self.sample_rate is not None:
+            raise ValueError("sample_rate: only for pcm16 (a container says its own)")
+        if self.turn_detection == "server_vad" and self.format != "pcm16":
+            raise ValueError("turn_detection: server_vad needs format pcm16")
+        return self
 
 
 class AudioAppend(ClientFrame):
@@ -375,9 +391,26 @@ class AudioTranscript(ServerFrame):
     patient_id: UUID
     thread_id: UUID
     stream_id: UUID
+    utterance: int = 0  # 0, 1, … within a server_vad stream; 0 for a manual one
     text: str
     duration_ms: int | None = None
     language: str | None = None
+
+
+class AudioSpeechStarted(ServerFrame):
+    type: Literal["audio.speech_started"] = "audio.speech_started"
+    patient_id: UUID
+    stream_id: UUID
+    utterance: int
+    audio_start_ms: int  # from the start of the stream's audio
+
+
+class AudioSpeechStopped(ServerFrame):
+    type: Literal["audio.speech_stopped"] = "audio.speech_stopped"
+    patient_id: UUID
+    stream_id: UUID
+    utterance: int
+    audio_end_ms: int
 
 
 class RejectedMutation(ServerPart):
@@ -463,6 +496,8 @@ AnyServerFrame = Annotated[
     | ChatDelta
     | ChatDone
     | AudioTranscript
+    | AudioSpeechStarted
+    | AudioSpeechStopped
     | SyncAck
     | SyncDelta
     | SyncChanges

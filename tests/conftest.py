@@ -38,7 +38,10 @@ from tests.support import (
     with_database,
 )
 
-pytest_plugins = ["tests.chatkit"]  # the fake model server and a gateway using it
+pytest_plugins = [
+    "tests.chatkit",  # the fake model server and a gateway using it
+    "tests.speech",  # real speech for the voice suites
+]
 
 TEMPLATE_DB = "painar_template"
 

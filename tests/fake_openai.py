@@ -1,6 +1,7 @@
 """A local HTTP server speaking the OpenAI wire format, so the real `openai` client runs end
-to end in tests: streamed chat completions (SSE chunks, a usage chunk, `data: [DONE]`) and
-embeddings. Tests tell it how to behave: tokens, delays, failures, cut streams."""
+to end in tests: streamed chat completions (SSE chunks, a usage chunk, `data: [DONE]`),
+embeddings and transcriptions. Tests tell it how to behave: tokens, delays, failures, cut
+streams."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -32,6 +34,10 @@ class Behaviour:
     error_after: int | None = None  # send an error event after this many tokens
     requests: list[dict[str, object]] = field(default_factory=list)
     aborted: int = 0  # streams the client closed before their end
+    # Transcriptions: what /audio/transcriptions answers, and what each upload was.
+    transcript: str = "My knee hurts when I climb the stairs."
+    transcription_delay_s: float = 0.0
+    uploads: list[dict[str, object]] = field(default_factory=list)
     # Benchmarks: each token is the time it was sent ("<unix time> "), and the first one
     # starts with the time the request arrived ("R<unix time> ").
     stamp: bool = False
@@ -114,6 +120,33 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
             }
         )
 
+    async def transcriptions(request: Request) -> Response:
+        """The multipart upload is checked the way OpenAI checks it: a model, a file with
+        a name and a type, and known fields only."""
+        async with request.form() as form:
+            upload = form.get("file")
+            fields = {k: v for k, v in form.items() if k != "file"}
+            if not isinstance(upload, UploadFile) or "model" not in fields:
+                return JSONResponse({"error": {"message": "file and model are required"}}, 400)
+            unknown = set(fields) - {"model", "language", "prompt", "response_format"}
+            if unknown:
+                return JSONResponse({"error": {"message": f"unknown {sorted(unknown)}"}}, 400)
+            data = await upload.read()
+            behaviour.uploads.append(
+                {
+                    **fields,
+                    "filename": upload.filename,
+                    "content_type": upload.content_type,
+                    "size": len(data),
+                    "data": data,
+                }
+            )
+        if behaviour.fail_with:
+            status = behaviour.fail_with.pop(0)
+            return JSONResponse({"error": {"message": "fake failure"}}, status)
+        await asyncio.sleep(behaviour.transcription_delay_s)
+        return JSONResponse({"text": behaviour.transcript})
+
     async def configure(request: Request) -> Response:
         """Change the behaviour from another process (benchmarks)."""
         for name, value in orjson.loads(await request.body()).items():
@@ -125,5 +158,6 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
             Route("/behaviour", configure, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         ]
     )

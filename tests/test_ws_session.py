@@ -50,7 +50,11 @@ async def test_session_ready_after_header_auth(gateway: Gateway) -> None:
         assert ready["heartbeat_s"] == 20
         assert ready["limits"]["frames_per_s"] == 100 and ready["limits"]["burst"] == 300
         assert ready["limits"]["max_frame_bytes"] == 256 * 1024
-        assert ready["providers"] == {"chat": "offline", "asr": "offline", "embeddings": "offline"}
+        assert ready["providers"] == {
+            "chat": "offline",
+            "asr": "local:whisper-tiny.en",  # the local-asr extra is installed
+            "embeddings": "offline",
+        }
         uuid.UUID(ready["session_id"])
         assert ws.subprotocol is None
 
@@ -185,8 +189,8 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
         ),
         (
             '{"type": "audio.commit", "id": "f6", "stream_id": "' + str(uuid.UUID(int=6)) + '"}',
-            "unavailable",
-            "audio.commit",
+            "not_found",
+            "stream_id: no open audio stream",
             "f6",
         ),
     ],

@@ -14,7 +14,14 @@ import orjson
 from openai import AsyncOpenAI, Timeout
 from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.providers.base import ChatChunk, EmbeddingSizeMismatch, FailureKind, UpstreamFailure
+from gateway.providers.base import (
+    Audio,
+    ChatChunk,
+    EmbeddingSizeMismatch,
+    FailureKind,
+    Transcript,
+    UpstreamFailure,
+)
 
 
 def make_client(
@@ -83,6 +90,45 @@ class OpenAIEmbedder:
                     f"EMBEDDING_MODEL returns {len(vector)} dimensions, VECTOR_DIM is {self.dim}"
                 )
         return vectors
+
+
+# Words a pain-management conversation uses that speech recognisers tend to mishear.
+TRANSCRIPTION_PROMPT = (
+    "Pain, aching, burning, stabbing, throbbing, shooting, cramping, tingling, numbness, "
+    "lower back, sciatica, migraine, physiotherapy, ibuprofen, paracetamol."
+)
+
+
+class OpenAITranscriber:
+    """`/audio/transcriptions`: OpenAI's Whisper, or a compatible server
+    (faster-whisper-server, vLLM, LocalAI)."""
+
+    def __init__(self, client: AsyncOpenAI, model: str) -> None:
+        self.client = client
+        self.model = model
+        self.name = f"openai:{model}"
+
+    async def transcribe(self, audio: Audio) -> Transcript:
+        name, data, media_type = audio.as_file()
+        extra: dict[str, Any] = {}
+        if audio.language:
+            extra["language"] = audio.language.split("-")[0].lower()  # ISO-639-1
+        try:
+            result = await self.client.audio.transcriptions.create(
+                model=self.model,
+                file=(name, data, media_type),
+                prompt=TRANSCRIPTION_PROMPT,
+                response_format="json",
+                **extra,
+            )
+        except openai.BadRequestError as exc:
+            raise UpstreamFailure(
+                "bad_audio", "the transcription server could not read it", retryable=False
+            ) from exc
+        except openai.APIError as exc:
+            raise classify(exc) from exc
+        duration_s = len(audio.data) / (2 * audio.sample_rate) if audio.sample_rate else 0.0
+        return Transcript(result.text.strip(), audio.language, duration_s)
 
 
 class OpenAIChat:

@@ -39,6 +39,9 @@ class Peer(Protocol[IdentityT]):
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work that outlives the frame; the drain waits for it."""
 
+    def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run `cleanup` when the socket ends (for state a feature keeps per socket)."""
+
 
 Handler = Callable[[Peer[IdentityT], FrameT], Awaitable[None]]
 # Stored without the frame's own type: dispatch only calls a handler with frames of the

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 RECONNECT_JITTER_MS = 2000  # spread reconnects so they do not all land at once
 
 # A patient's latest sync version (for session.ready, and after a broker outage).
-SyncVersion = Callable[[UUID], Awaitable[int]]
+VersionLookup = Callable[[UUID], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class RealtimeService:
         authenticator: Authenticator,
         router: Router,
         providers: Providers,
-        sync_version: SyncVersion,
+        sync_version: VersionLookup,
     ) -> None:
         self.config = config
         self.hub = hub

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from uuid import UUID
 
@@ -67,6 +67,7 @@ class Session:
         self._limited_in_a_row = 0
         self._bad_in_a_row = 0
         self._tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def identity(self) -> Identity:
@@ -124,6 +125,16 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        self._cleanups.append(cleanup)
+
+    async def _clean_up(self) -> None:
+        for cleanup in self._cleanups:
+            try:
+                await cleanup()
+            except Exception as exc:  # one feature's failure must not keep others' state
+                log.error("socket clean-up failed: %s", type(exc).__name__, exc_info=exc)
+
     # ---- receiving --------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -151,6 +162,7 @@ class Session:
             self.close(CloseCode.INTERNAL, "internal error")
         finally:
             self._receiving = False
+            await self._clean_up()
             if self.topic is not None and patient is not None:
                 await realtime.presence.left(patient.patient_id, str(self.id))
                 await realtime.hub.leave(self.topic, self)
