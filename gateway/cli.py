@@ -147,6 +147,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             server = GatewayServer(uvicorn_config(app, settings, host, port), app)
             server.run()
             return 0 if server.started else EXIT_STARTUP
+    except SettingsError as exc:  # a setting that needs what is not installed
+        print(f"painar-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (MigrationError, EmbeddedPostgresUnavailable) as exc:
         log.error("%s", exc)
         return EXIT_STARTUP

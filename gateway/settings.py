@@ -145,6 +145,10 @@ class Settings(BaseSettings):
             raise SettingsError("SECRET_KEY: must be at least 32 characters")
         if self.db_pool_max < self.db_pool_min:
             raise SettingsError("DB_POOL_MAX: must not be below DB_POOL_MIN")
+        if self.transcription_provider == "openai" and self.offline_models:
+            raise SettingsError(
+                "TRANSCRIPTION_PROVIDER: openai needs OPENAI_API_KEY or OPENAI_BASE_URL"
+            )
         return self
 
     @property

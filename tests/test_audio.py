@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from protocol.codec import encode_audio_frame
 from tests.chatkit import Upstream, until
@@ -376,3 +377,26 @@ async def test_without_a_transcriber_audio_start_says_how_to_enable_it(
         await send(ws, start(uuid.uuid4(), uuid.uuid4()))
         error = (await recv(ws))["error"]
         assert error["code"] == "unavailable" and "local-asr" in error["message"]
+
+
+async def test_shutdown_deletes_the_audio_of_streams_still_open(
+    database_url: str, upstream: Upstream
+) -> None:
+    settings = make_settings(
+        openai_base_url=upstream.url, transcription_provider="openai", audio_spool_bytes=1024
+    )
+    async with serve_gateway(settings, database_url) as gateway:
+        spool = gateway.services.spool_dir
+        stream = uuid.uuid4()
+        async with session(gateway.ws_url, patient_token()) as (ws, _):
+            await send(ws, start(stream, uuid.uuid4()))
+            await recv(ws)
+            await stream_audio(ws, stream, silence(200))
+            await send(ws, {"type": "ping", "ts": 1})
+            await frame_of(ws, "pong")
+            assert len(list(spool.iterdir())) == 1
+            gateway.server.should_exit = True  # shut down with the socket and stream open
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await recv(ws)
+    assert not spool.exists()

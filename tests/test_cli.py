@@ -56,6 +56,14 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"CHAT_RETRIES": "11"}, "CHAT_RETRIES"),
         ({"CHAT_COALESCE_MS": "-1"}, "CHAT_COALESCE_MS"),
         ({"REPLY_LEASE_S": "1"}, "REPLY_LEASE_S"),
+        ({"TRANSCRIPTION_PROVIDER": "whisper"}, "TRANSCRIPTION_PROVIDER"),
+        ({"TRANSCRIPTION_PROVIDER": "openai"}, "TRANSCRIPTION_PROVIDER"),  # no key, no URL
+        ({"TRANSCRIPTION_CONCURRENCY": "0"}, "TRANSCRIPTION_CONCURRENCY"),
+        ({"TRANSCRIPTION_CPU_THREADS": "0"}, "TRANSCRIPTION_CPU_THREADS"),
+        ({"MAX_AUDIO_SECONDS": "0"}, "MAX_AUDIO_SECONDS"),
+        ({"AUDIO_IDLE_TIMEOUT_S": "0"}, "AUDIO_IDLE_TIMEOUT_S"),
+        ({"AUDIO_SPOOL_BYTES": "-1"}, "AUDIO_SPOOL_BYTES"),
+        ({"MAX_AUDIO_STREAMS": "0"}, "MAX_AUDIO_STREAMS"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

@@ -20,7 +20,7 @@ from gateway.providers.openai_compat import (
     OpenAITranscriber,
     make_client,
 )
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from protocol.frames import Providers
 
 
@@ -28,9 +28,9 @@ async def _nothing_to_close() -> None:
     return None
 
 
+INSTALL = "pip install 'painar-gateway[local-asr]'"
 NO_TRANSCRIPTION = (
-    "set OPENAI_API_KEY or OPENAI_BASE_URL, or install the local-asr extra "
-    "(pip install 'painar-gateway[local-asr]')"
+    f"set OPENAI_API_KEY or OPENAI_BASE_URL, or install the local-asr extra ({INSTALL})"
 )
 
 
@@ -58,6 +58,10 @@ def make_models(settings: Settings) -> Models:
             provider = "none"
     local: Transcriber | None = None
     if provider == "local":
+        if not local_whisper.available():
+            raise SettingsError(
+                f"TRANSCRIPTION_PROVIDER: local needs the local-asr extra; {INSTALL}"
+            )
         local = local_whisper.LocalWhisper(
             cpu_threads=settings.transcription_cpu_threads,
             workers=settings.transcription_concurrency,

@@ -94,8 +94,3 @@ class LocalWhisper:
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()
         return Transcript(text, info.language or "en", duration_s)
-
-
-def warm_up(cpu_threads: int, workers: int) -> None:
-    """Load the model now (a first transcription would otherwise wait for it)."""
-    LocalWhisper(cpu_threads=cpu_threads, workers=workers)._model()
