@@ -8,6 +8,7 @@ import gc
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 from starlette.applications import Starlette
@@ -30,6 +31,12 @@ from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
 from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.http.rest import BearerAuth
+from gateway.observe import handlers as observe_handlers
+from gateway.observe.audit import AuditLog
+from gateway.observe.care_team import CareTeams
+from gateway.observe.config import ObserveConfig
+from gateway.observe.routes import AdminRoutes
+from gateway.observe.service import ObserveService
 from gateway.providers import NO_TRANSCRIPTION, make_models
 from gateway.realtime import control
 from gateway.realtime.broker import Broker
@@ -88,11 +95,25 @@ class Services:
             vad=vad.SileroVad.for_stream if vad.available() else None,
             unavailable_reason=NO_TRANSCRIPTION,
         )
+        observe_config = ObserveConfig.from_settings(settings)
+        self.audit_log = AuditLog(self.db, observe_config.audit_retention_days)
+        self.care_teams = CareTeams(self.db)
+        self.observe = ObserveService(
+            observe_config,
+            db=self.db,
+            hub=self.hub,
+            presence=self.presence,
+            audit=self.audit_log,
+            version_of=self.sync.version,
+            pull=self._pull,
+            resumes=self.chat.resumes.ask,
+        )
         self.router = Router()
         control.register(self.router)
         SyncHandlers(self.sync).register(self.router)
         ChatHandlers(self.chat).register(self.router)
         audio_handlers.register(self.router, self.audio)
+        observe_handlers.register(self.router, self.observe)
         self.realtime = RealtimeService(
             RealtimeConfig.from_settings(settings),
             hub=self.hub,
@@ -115,14 +136,19 @@ class Services:
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/sync/", SyncRoutes(self.sync, auth).endpoint, methods=["GET", "POST"]),
             Route("/chat/", ChatRoute(self.chat, auth).endpoint, methods=["POST"]),
+            *AdminRoutes(self.care_teams, auth).routes(),
         ]
 
     async def start(self) -> None:
         await self.db.open()
         await self.hub.start()
         self.presence.start()
+        self.audit_log.start()
+        self.observe.start()
 
     async def close(self) -> None:
+        await self.observe.close()
+        await self.audit_log.close()
         await self.audio.close()
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         await self.chat.close()
@@ -150,6 +176,11 @@ class Services:
         )
         outcome = await self.chat.accept(request, ack=lambda _: None, notify=notify)
         return outcome if isinstance(outcome, ProtocolError) else None
+
+    async def _pull(self, patient_id: UUID, since: int, limit: int) -> tuple[int, list[Any], bool]:
+        """sync.pull for observers (sync -> observe)."""
+        pulled = await self.sync.pull(patient_id, since, limit)
+        return pulled.version, pulled.changes, pulled.has_more
 
     async def drain(self) -> None:
         """Before shutting down: sockets are told to reconnect elsewhere, in-flight work

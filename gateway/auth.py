@@ -16,9 +16,8 @@ from uuid import UUID
 
 import jwt
 
-from protocol.frames import Role
-
 AUDIENCE = "painar-gateway"
+TokenRole = Literal["patient", "clinician", "admin"]
 ASYMMETRIC = ("RS256", "ES256")
 # DEV_TOKEN (DEBUG only) stands for this patient on this device.
 DEV_PATIENT_ID = UUID("00000000-0000-4000-8000-000000000001")
@@ -50,7 +49,18 @@ class ClinicianIdentity:
     device_id: str | None
 
 
+@dataclass(frozen=True)
+class AdminIdentity:
+    """Manages care teams and reads the audit trail, over the admin HTTP API only."""
+
+    role: ClassVar[Literal["admin"]] = "admin"
+    sub: UUID
+
+
+# Who a socket can belong to.
 Identity = PatientIdentity | ClinicianIdentity
+# Whoever a token can name.
+Principal = PatientIdentity | ClinicianIdentity | AdminIdentity
 
 
 class Authenticator:
@@ -61,7 +71,7 @@ class Authenticator:
         self._dev_token = dev_token
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
 
-    async def verify(self, token: str) -> Identity:
+    async def verify(self, token: str) -> Principal:
         if self._dev_token is not None and token == self._dev_token:
             return PatientIdentity(DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
         try:
@@ -92,10 +102,10 @@ class Authenticator:
         return identity_from_claims(claims)
 
 
-def identity_from_claims(claims: dict[str, Any]) -> Identity:
+def identity_from_claims(claims: dict[str, Any]) -> Principal:
     role = claims.get("role")
-    if role not in ("patient", "clinician"):
-        raise AuthError("token claim role must be 'patient' or 'clinician'")
+    if role not in ("patient", "clinician", "admin"):
+        raise AuthError("token claim role must be 'patient', 'clinician' or 'admin'")
     sub = _uuid(claims.get("sub"), "sub")
     device_id = claims.get("device_id")
     if device_id is not None and not (
@@ -104,6 +114,8 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         raise AuthError("token claim device_id must be a string of 1 to 128 characters")
     if role == "patient":
         return PatientIdentity(sub, _uuid(claims.get("patient_id"), "patient_id"), device_id)
+    if role == "admin":
+        return AdminIdentity(sub)
     return ClinicianIdentity(sub, device_id)
 
 
@@ -119,7 +131,7 @@ def _uuid(value: object, claim: str) -> UUID:
 def issue_token(
     secret: str,
     *,
-    role: Role,
+    role: TokenRole,
     sub: UUID,
     patient_id: UUID | None = None,
     device_id: str | None = None,
@@ -128,8 +140,8 @@ def issue_token(
     """An HS256 token for local use (development, tests, scripts)."""
     if role == "patient" and patient_id is None:
         patient_id = sub
-    if role == "clinician" and patient_id is not None:
-        raise ValueError("patient_id: a clinician token names no patient")
+    if role != "patient" and patient_id is not None:
+        raise ValueError(f"patient_id: a {role} token names no patient")
     if device_id is not None and not 1 <= len(device_id) <= 128:
         raise ValueError("device_id: 1 to 128 characters")
     if ttl_s <= 0:

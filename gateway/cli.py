@@ -1,4 +1,5 @@
-"""`painar-gateway` (also `python -m gateway`): serve, migrate, token, schema."""
+"""`painar-gateway` (also `python -m gateway`): serve, migrate, token, schema, care-team,
+audit."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
+from gateway import cli_admin
 from gateway.app import create_app
 from gateway.auth import issue_token
 from gateway.ops.error_reports import init_error_reports
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
+        if command in ("care-team", "audit"):
+            return _admin(settings, args)
         return _serve(settings, args)
     except (KeyboardInterrupt, Terminated):
         return 0
@@ -70,11 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("schema", help="print the JSON Schema of every protocol frame")
     token = commands.add_parser("token", help="print a signed JWT for local use")
-    token.add_argument("--role", choices=["patient", "clinician"], required=True)
+    token.add_argument("--role", choices=["patient", "clinician", "admin"], required=True)
     token.add_argument("--sub", type=UUID, required=True, help="subject (UUID)")
     token.add_argument("--patient-id", type=UUID, help="patient (UUID; default: --sub)")
     token.add_argument("--device-id", help="device id (free string, at most 128 characters)")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    cli_admin.add_commands(commands)
     return parser
 
 
@@ -111,6 +116,23 @@ def _database(settings: Settings) -> Iterator[str]:
 def _prepare(settings: Settings, dsn: str, *, apply: bool) -> None:
     applied = asyncio.run(prepare_schema(dsn, vector_dim=settings.vector_dim, apply=apply))
     log.info("schema ready (%d migration(s) applied)", len(applied))
+
+
+def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    @contextmanager
+    def migrated() -> Iterator[str]:
+        with _database(settings) as dsn:
+            _prepare(settings, dsn, apply=True)
+            yield dsn
+
+    try:
+        return cli_admin.run(args, migrated, settings.db_pool_max)
+    except (MigrationError, EmbeddedPostgresUnavailable) as exc:
+        log.error("%s", exc)
+        return EXIT_STARTUP
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.error("database unreachable: %s", type(exc).__name__)
+        return EXIT_STARTUP
 
 
 def _migrate(settings: Settings) -> int:

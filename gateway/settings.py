@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     audio_spool_bytes: Annotated[int, Field(ge=0)] = 2 * 1024 * 1024
     audio_spool_dir: Path | None = None  # unset: a private directory under the system's
     max_audio_streams: Annotated[int, Field(ge=1, le=64)] = 4  # open per socket
+    # Observation: the snapshot's size, how often live observations are checked against
+    # the care team (a revoked grant ends within about this long), the audit retention.
+    observe_snapshot_messages: Annotated[int, Field(ge=0, le=500)] = 50
+    observe_recheck_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    audit_retention_days: Annotated[int, Field(ge=1)] = 2192  # six years (HIPAA)
 
     @field_validator("database_url")
     @classmethod

@@ -34,6 +34,7 @@ class ProtocolError:
     message: str
     ref: str | None = None
     retryable: bool = False
+    patient_id: UUID | None = None
 
     def frame(self) -> Error:
         return Error(error=ErrorBody(**self.__dict__))

@@ -332,6 +332,7 @@ class ErrorBody(ServerPart):
     message: str
     ref: str | None = None
     retryable: bool = False
+    patient_id: UUID | None = None  # an observation that ended: whose
 
 
 class Error(ServerFrame):
@@ -384,6 +385,30 @@ class ChatDone(ServerFrame):
     message_id: UUID
     finish_reason: Literal["stop", "length", "cancelled", "error"]
     usage: Usage | None = None
+
+
+class ChatResume(ServerFrame):
+    """A reply that was streaming when the socket started watching: its text so far, up
+    to and including delta `seq` (-1: none yet); live deltas continue from `seq + 1`."""
+
+    type: Literal["chat.resume"] = "chat.resume"
+    patient_id: UUID
+    thread_id: UUID
+    response_id: UUID
+    seq: int
+    text: str
+
+
+class ObserveSnapshot(ServerFrame):
+    """Where an observation starts: the patient's sync version, and the latest messages
+    of their most recently active thread (oldest first, each as a message change's
+    `data` with its `id`)."""
+
+    type: Literal["observe.snapshot"] = "observe.snapshot"
+    patient_id: UUID
+    sync_version: int
+    thread_id: UUID | None = None
+    messages: list[dict[str, Any]] = []
 
 
 class AudioTranscript(ServerFrame):
@@ -495,6 +520,8 @@ AnyServerFrame = Annotated[
     | ChatMessage
     | ChatDelta
     | ChatDone
+    | ChatResume
+    | ObserveSnapshot
     | AudioTranscript
     | AudioSpeechStarted
     | AudioSpeechStopped

@@ -80,6 +80,15 @@ async def release_reply(conn: Connection, response_id: UUID) -> None:
     await conn.execute("DELETE FROM reply_leases WHERE response_id = $1", response_id)
 
 
+async def streaming_replies(conn: Connection, patient_id: UUID) -> list[UUID]:
+    """The response ids of the patient's replies streaming now, on any process."""
+    rows = await conn.fetch(
+        "SELECT response_id FROM reply_leases WHERE patient_id = $1 AND expires_at > now()",
+        patient_id,
+    )
+    return [row["response_id"] for row in rows]
+
+
 async def recent_turns(
     conn: Connection, thread_id: UUID, *, before: UUID, limit: int = 20
 ) -> list[StoredTurn]:

@@ -42,3 +42,13 @@ def test_the_end_flushes_and_the_first_finish_reason_stays() -> None:
     assert last is not None and (last.seq, last.delta) == (1, "y")
     assert (reply.text, reply.finish_reason) == ("xy", "cancelled")
     assert reply.add("", 5.0) is None  # empty pieces send nothing
+
+
+def test_sent_is_the_text_of_the_deltas_gone_out_with_the_last_seq() -> None:
+    reply = stream()
+    assert reply.sent == (-1, "")
+    reply.add("One", 0.0)
+    reply.add(" two", 0.005)  # within the window: pending
+    assert reply.sent == (0, "One")
+    reply.flush(0.02)
+    assert reply.sent == (1, "One two") and reply.text == "One two"

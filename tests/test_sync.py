@@ -233,7 +233,7 @@ async def test_pull_pages_through_the_changes(gateway: Gateway) -> None:
         assert (error["code"], error["ref"]) == ("forbidden", "q3")
 
 
-async def test_clinicians_may_not_pull_yet(gateway: Gateway) -> None:
+async def test_clinicians_may_not_pull_patients_they_do_not_observe(gateway: Gateway) -> None:
     async with session(gateway.ws_url, clinician_token()) as (ws, _):
         await send(
             ws, {"type": "sync.pull", "id": "c", "since": 0, "patient_id": str(uuid.uuid4())}

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from gateway.auth import AUDIENCE, DEV_PATIENT_ID
+from gateway.auth import AUDIENCE, DEV_PATIENT_ID, issue_token
 from protocol.codec import encode_audio_frame
 from tests.support import (
     TEST_SECRET,
@@ -93,7 +93,7 @@ def unsigned() -> str:
         (unsigned, "algorithm 'none'"),
         (lambda: "dev-token", "invalid token"),  # DEBUG is false
         (lambda: "not.a.jwt", "invalid token"),
-        (lambda: hs256({"role": "admin"}), "role"),
+        (lambda: hs256({"role": "nurse"}), "role"),
         (lambda: hs256({"patient_id": "nope"}), "patient_id"),
         (lambda: hs256({"device_id": "head\u0000set"}), "device_id"),
     ],
@@ -118,6 +118,14 @@ async def test_refused_tokens_get_an_error_then_4401(
         assert error["error"]["code"] == "unauthenticated"
         assert reason in error["error"]["message"]
         assert await expect_close(ws) == 4401
+
+
+async def test_an_admin_token_is_forbidden_on_sockets_with_4403(gateway: Gateway) -> None:
+    token = issue_token(TEST_SECRET, role="admin", sub=uuid.uuid4())
+    async with open_socket(gateway.ws_url, token) as ws:
+        error = (await recv(ws))["error"]
+        assert error["code"] == "forbidden" and "admin HTTP API" in error["message"]
+        assert await expect_close(ws) == 4403
 
 
 async def test_a_missing_token_is_refused(gateway: Gateway) -> None:

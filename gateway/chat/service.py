@@ -21,6 +21,7 @@ from uuid import UUID, uuid4, uuid5
 
 from gateway.chat.config import ChatConfig
 from gateway.chat.replies import CANCEL_SIGNAL, ChatRequest, LiveReplies, Reply, Watcher
+from gateway.chat.resume import Resumes
 from gateway.chat.run import ReplyRun, embed
 from gateway.providers import Models
 from gateway.realtime.broker import BrokerUnavailable
@@ -48,6 +49,7 @@ class ChatService:
         self.writer = writer
         self.models = models
         self.replies = LiveReplies()
+        self.resumes = Resumes(db, hub, self.replies)
         hub.on_signal(CANCEL_SIGNAL, self.replies.cancel_signal)
 
     async def accept(

@@ -33,6 +33,13 @@ class ReplyStream:
         return "".join(self._parts)
 
     @property
+    def sent(self) -> tuple[int, str]:
+        """(the last delta's seq, -1 before any; the text of the deltas sent so far)."""
+        pending = len(self._pending)
+        parts = self._parts[: len(self._parts) - pending] if pending else self._parts
+        return self._seq - 1, "".join(parts)
+
+    @property
     def due(self) -> float | None:
         """When the pending text must go out (None: nothing pending)."""
         return self._last_sent + self.window_s if self._pending else None

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.auth import Authenticator, AuthError, PatientIdentity
+from gateway.auth import AdminIdentity, Authenticator, AuthError, PatientIdentity, Principal
 from protocol.codec import describe
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -30,18 +30,28 @@ class BearerAuth:
 
     async def patient(self, request: Request, purpose: str) -> PatientIdentity | JSONResponse:
         """The patient behind `Authorization: Bearer`, or the 401/403 answer."""
+        principal = await self._principal(request)
+        if isinstance(principal, JSONResponse) or isinstance(principal, PatientIdentity):
+            return principal
+        return error_response(403, "forbidden", f"{purpose} is for patients")
+
+    async def admin(self, request: Request) -> AdminIdentity | JSONResponse:
+        """The admin behind `Authorization: Bearer`, or the 401/403 answer."""
+        principal = await self._principal(request)
+        if isinstance(principal, JSONResponse) or isinstance(principal, AdminIdentity):
+            return principal
+        return error_response(403, "forbidden", "the admin API takes admin tokens only")
+
+    async def _principal(self, request: Request) -> Principal | JSONResponse:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return error_response(
                 401, "unauthenticated", "Authorization: a Bearer token is required"
             )
         try:
-            identity = await self.authenticator.verify(token.strip())
+            return await self.authenticator.verify(token.strip())
         except AuthError as exc:
             return error_response(401, "unauthenticated", str(exc))
-        if not isinstance(identity, PatientIdentity):
-            return error_response(403, "forbidden", f"{purpose} is for patients")
-        return identity
 
 
 async def read_body(request: Request, model: type[Body]) -> Body | JSONResponse:

@@ -1,7 +1,8 @@
 """`GET /v1/ws`: the upgrade, the origin check and authentication, then the session.
 
 Authentication failures are answered on the socket (browsers cannot read the status of a
-refused upgrade): accept, send an `unauthenticated` error, close with 4401.
+refused upgrade): accept, send an `unauthenticated` error, close with 4401. An admin token
+is valid but not for sockets: `forbidden`, close with 4403.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import orjson
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from gateway.auth import AuthError, Identity
+from gateway.auth import AdminIdentity, AuthError, Principal
 from gateway.realtime.metrics import CLOSES, ERRORS_SENT
 from gateway.realtime.outbox import Send
 from gateway.realtime.service import RealtimeService
@@ -44,10 +45,18 @@ async def websocket_endpoint(realtime: RealtimeService, ws: WebSocket, send: Sen
         return
     if identity is None:
         return  # the client left before authenticating
+    if isinstance(identity, AdminIdentity):
+        await _refuse(
+            ws,
+            "admin tokens are for the admin HTTP API, not sockets",
+            ErrorCode.FORBIDDEN,
+            CloseCode.FORBIDDEN,
+        )
+        return
     await Session(ws, send, identity, realtime).run()
 
 
-async def _authenticate(ws: WebSocket, realtime: RealtimeService) -> Identity | None:
+async def _authenticate(ws: WebSocket, realtime: RealtimeService) -> Principal | None:
     header = ws.headers.get("authorization")
     if header is not None:
         scheme, _, bearer = header.partition(" ")
@@ -74,9 +83,13 @@ async def _authenticate(ws: WebSocket, realtime: RealtimeService) -> Identity | 
     return await realtime.authenticator.verify(token)
 
 
-async def _refuse(ws: WebSocket, message: str) -> None:
-    ERRORS_SENT.labels(ErrorCode.UNAUTHENTICATED.value).inc()
-    CLOSES.labels(str(CloseCode.UNAUTHENTICATED.value)).inc()
-    error = ProtocolError(ErrorCode.UNAUTHENTICATED, message)
-    await ws.send_text(encode(error.frame()).decode())
-    await ws.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
+async def _refuse(
+    ws: WebSocket,
+    message: str,
+    code: ErrorCode = ErrorCode.UNAUTHENTICATED,
+    close: CloseCode = CloseCode.UNAUTHENTICATED,
+) -> None:
+    ERRORS_SENT.labels(code.value).inc()
+    CLOSES.labels(str(close.value)).inc()
+    await ws.send_text(encode(ProtocolError(code, message).frame()).decode())
+    await ws.close(close, code.value)

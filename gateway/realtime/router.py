@@ -5,16 +5,22 @@ A handler gets a `Peer`: who sent the frame, and how to answer. Registering for 
 gives the handler a peer whose identity is a `PatientIdentity` (its `patient_id` is
 never missing), for clinicians a `ClinicianIdentity`.
 
-Dispatch, the one place that decides what an unhandled frame gets:
+Dispatch is the one place every client frame passes on its way to a handler:
 - the protocol does not let this role send the frame type (`senders`): `forbidden`;
 - no feature registered a handler for the type: `unavailable`;
-- handlers are registered for the type, but not for this role: `forbidden`.
+- handlers are registered for the type, but not for this role: `forbidden`;
+- the frame names a patient (`patient_id`) the sender may not act on: `forbidden`. A
+  patient acts on their own data only; what a clinician may do about a patient is
+  decided by the guards features add (observation: the care team and what this socket
+  observes).
+Every `forbidden` is told to the denial hooks (the audit trail) before it is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
+from uuid import UUID
 
 from gateway.auth import ClinicianIdentity, Identity, PatientIdentity
 from protocol.codec import ProtocolError
@@ -29,7 +35,14 @@ class Peer(Protocol[IdentityT]):
     """What a handler may do with the socket that sent its frame."""
 
     @property
+    def id(self) -> UUID:
+        """The session's id (as in session.ready)."""
+
+    @property
     def identity(self) -> IdentityT: ...
+
+    def deliver(self, text: str) -> None:
+        """Queue an already encoded frame (never blocks)."""
 
     def send(self, frame: ServerFrame) -> None:
         """Queue a frame to this socket (never blocks)."""
@@ -47,11 +60,25 @@ Handler = Callable[[Peer[IdentityT], FrameT], Awaitable[None]]
 # Stored without the frame's own type: dispatch only calls a handler with frames of the
 # model it was registered for.
 _AnyHandler = Callable[[Peer[Identity], Any], Awaitable[None]]
+# Whether this peer may send this frame about the patient it concerns: None, or the
+# `forbidden` error to answer (with the frame's ref).
+Guard = Callable[[Peer[Identity], ClientFrame], Awaitable[ProtocolError | None]]
+# Told of every frame refused as forbidden, with the error sent.
+DenialHook = Callable[[Peer[Identity], ClientFrame, ProtocolError], None]
 
 
 class Router:
     def __init__(self) -> None:
         self._handlers: dict[str, dict[Role, _AnyHandler]] = {}
+        self._guards: list[Guard] = []
+        self._denial_hooks: list[DenialHook] = []
+
+    def guard(self, guard: Guard) -> None:
+        """Check every frame that reaches a handler (after the role checks)."""
+        self._guards.append(guard)
+
+    def on_denied(self, hook: DenialHook) -> None:
+        self._denial_hooks.append(hook)
 
     def for_patients(self, model: type[FrameT], handler: Handler[PatientIdentity, FrameT]) -> None:
         self._add(model, ("patient",), cast(_AnyHandler, handler))
@@ -79,14 +106,31 @@ class Router:
         self._handlers[kind] = {**registered, **dict.fromkeys(roles, handler)}
 
     async def dispatch(self, peer: Peer[Identity], frame: ClientFrame) -> None:
-        kind, role = frame.type, peer.identity.role
+        kind, identity = frame.type, peer.identity
+        role = identity.role
         ref: str | None = getattr(frame, "id", None)
         by_role = self._handlers.get(kind)
         if role not in frame.senders or (by_role is not None and role not in by_role):
-            error = ProtocolError(ErrorCode.FORBIDDEN, f"{kind} is not allowed for {role}s", ref)
-            peer.send_error(error)
-        elif by_role is None:
+            message = f"{kind} is not allowed for {role}s"
+            self._deny(peer, frame, ProtocolError(ErrorCode.FORBIDDEN, message, ref))
+            return
+        if by_role is None:
             message = f"{kind} is not available on this gateway yet"
             peer.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, ref))
-        else:
-            await by_role[role](peer, frame)
+            return
+        named: UUID | None = getattr(frame, "patient_id", None)
+        if isinstance(identity, PatientIdentity) and named not in (None, identity.patient_id):
+            message = "patient_id: not this session's patient"
+            self._deny(peer, frame, ProtocolError(ErrorCode.FORBIDDEN, message, ref))
+            return
+        for guard in self._guards:
+            refused = await guard(peer, frame)
+            if refused is not None:
+                self._deny(peer, frame, refused)
+                return
+        await by_role[role](peer, frame)
+
+    def _deny(self, peer: Peer[Identity], frame: ClientFrame, error: ProtocolError) -> None:
+        for hook in self._denial_hooks:
+            hook(peer, frame, error)
+        peer.send_error(error)

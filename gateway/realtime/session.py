@@ -42,7 +42,7 @@ class Session:
     def __init__(
         self, ws: WebSocket, send: Send, identity: Identity, realtime: RealtimeService
     ) -> None:
-        self.id = uuid.uuid4()
+        self._id = uuid.uuid4()
         self.ws = ws
         self._identity = identity
         self.realtime = realtime
@@ -68,6 +68,10 @@ class Session:
         self._bad_in_a_row = 0
         self._tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def id(self) -> UUID:
+        return self._id
 
     @property
     def identity(self) -> Identity:

@@ -7,8 +7,6 @@ import time
 from gateway.auth import PatientIdentity
 from gateway.realtime.router import Peer, Router
 from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
-from protocol.codec import ProtocolError
-from protocol.codes import ErrorCode
 from protocol.frames import SyncAck, SyncChanges, SyncPull, SyncPush
 
 
@@ -36,14 +34,8 @@ class SyncHandlers:
         )
 
     async def pull(self, peer: Peer[PatientIdentity], frame: SyncPull) -> None:
+        # Another patient's id was refused by the router.
         patient_id = peer.identity.patient_id
-        if frame.patient_id is not None and frame.patient_id != patient_id:
-            peer.send_error(
-                ProtocolError(
-                    ErrorCode.FORBIDDEN, "patient_id: not this session's patient", frame.id
-                )
-            )
-            return
         pulled = await self.service.pull(patient_id, frame.since, frame.limit or DEFAULT_PULL_LIMIT)
         peer.send(
             SyncChanges(

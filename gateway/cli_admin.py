@@ -1,0 +1,104 @@
+"""`painar-gateway care-team grant|revoke|list` and `painar-gateway audit`: care teams and
+the access audit trail from the command line (the admin HTTP API does the same)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from gateway.observe.care_team import CareTeams
+from storage.care_team import CLI_GRANTER, Grant
+from storage.database import Database
+
+EXIT_NOT_FOUND = 3
+
+
+def add_commands(commands: Any) -> None:
+    """The admin sub-commands, on the CLI's sub-parsers."""
+    team = commands.add_parser("care-team", help="grant, revoke or list care-team members")
+    actions = team.add_subparsers(dest="action", required=True)
+    grant = actions.add_parser("grant", help="let a clinician observe a patient")
+    revoke = actions.add_parser("revoke", help="end a clinician's access to a patient")
+    for sub in (grant, revoke):
+        sub.add_argument("--clinician", type=UUID, required=True, help="clinician (UUID)")
+        sub.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
+    grant.add_argument("--expires", type=_when, help="ISO-8601 time the grant ends (UTC if bare)")
+    listing = actions.add_parser("list", help="the grants in force")
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument("--patient", type=UUID, help="of one patient")
+    which.add_argument("--clinician", type=UUID, help="of one clinician")
+    audit = commands.add_parser("audit", help="print a patient's access audit trail")
+    audit.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
+    audit.add_argument("--since", type=_when, help="ISO-8601 time to start from")
+    audit.add_argument("--format", choices=["json", "table"], default="table")
+
+
+def run(
+    args: argparse.Namespace,
+    dsn_for: Callable[[], AbstractContextManager[str]],
+    max_pool: int,
+) -> int:
+    with dsn_for() as dsn:
+        return asyncio.run(_run(args, dsn, max_pool))
+
+
+async def _run(args: argparse.Namespace, dsn: str, max_pool: int) -> int:
+    db = Database(dsn, min_size=1, max_size=min(max_pool, 2))
+    await db.open()
+    try:
+        teams = CareTeams(db)
+        if args.command == "audit":
+            return await _audit(teams, args)
+        if args.action == "grant":
+            granted = await teams.grant(CLI_GRANTER, args.clinician, args.patient, args.expires)
+            print(_grant_line(granted))
+        elif args.action == "revoke":
+            if not await teams.revoke(CLI_GRANTER, args.clinician, args.patient):
+                print("painar-gateway care-team: no such grant", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            print(f"revoked clinician {args.clinician} for patient {args.patient}")
+        else:
+            for grant in await teams.grants(patient_id=args.patient, clinician_id=args.clinician):
+                print(_grant_line(grant))
+        return 0
+    finally:
+        await db.close()
+
+
+async def _audit(teams: CareTeams, args: argparse.Namespace) -> int:
+    after = 0
+    while True:
+        page = await teams.trail(args.patient, since=args.since, after_id=after, limit=1000)
+        for row in page.rows:
+            event: dict[str, Any] = row.as_json()
+            event["at"] = row.at.isoformat()
+            if args.format == "json":
+                print(json.dumps(event))
+            else:
+                print(
+                    f"{event['at']}  {event['actor_role']:9} {event['actor_id']}  "
+                    f"{event['action']:14} {event['outcome']:7} {event['reason'] or ''}"
+                )
+        if page.next_after is None:
+            return 0
+        after = page.next_after
+
+
+def _grant_line(grant: Grant) -> str:
+    until = grant.expires_at.isoformat() if grant.expires_at else "no expiry"
+    return f"clinician {grant.clinician_id} patient {grant.patient_id} until {until}"
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text[:40]!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

@@ -1,0 +1,60 @@
+"""One socket watching one patient: the hub's listener that forwards the patient's frames
+to the socket, holding them back while the observation starts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from gateway.auth import ClinicianIdentity
+from gateway.realtime.router import Peer
+from protocol.frames import ChatResume, SyncVersion
+
+VersionOf = Callable[[UUID], Awaitable[int]]
+
+
+class Observation:
+    def __init__(
+        self, peer: Peer[ClinicianIdentity], patient_id: UUID, version_of: VersionOf
+    ) -> None:
+        self.peer = peer
+        self.patient_id = patient_id
+        self.since = datetime.now(UTC)
+        self.held: list[str] | None = []
+        self._version_of = version_of
+
+    def deliver(self, text: str) -> None:
+        if self.held is not None:
+            self.held.append(text)
+        else:
+            self.peer.deliver(text)
+
+    def broker_recovered(self) -> None:
+        self.peer.spawn(self._send_version())
+
+    async def _send_version(self) -> None:
+        version = await self._version_of(self.patient_id)
+        self.peer.send(SyncVersion(patient_id=self.patient_id, version=version))
+
+    def release(self, snapshot_version: int, resumes: list[ChatResume]) -> None:
+        """Send what was held, less what the snapshot and the resumes already hold."""
+        held, self.held = self.held or [], None
+        resumed = {str(r.response_id): r.seq for r in resumes}
+        for text in held:
+            if _already_sent(text, snapshot_version, resumed):
+                continue
+            self.peer.deliver(text)
+
+
+def _already_sent(text: str, snapshot_version: int, resumed: dict[str, int]) -> bool:
+    if text.startswith('{"type":"sync.delta"'):
+        return int(orjson.loads(text)["version"]) <= snapshot_version
+    if text.startswith('{"type":"chat.delta"') and resumed:
+        frame: dict[str, Any] = orjson.loads(text)
+        seq = resumed.get(frame["response_id"])
+        return seq is not None and frame["seq"] <= seq
+    return False
