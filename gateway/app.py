@@ -125,7 +125,7 @@ class Services:
         )
 
     def routes(self) -> list[Route]:
-        auth = BearerAuth(self.authenticator)
+        auth = BearerAuth(self.authenticator, on_refused=self.observe.refused_request)
         readiness = Readiness(
             {"database": self.db.ping, "broker": self.broker.ping},
             draining=lambda: self.realtime.draining,

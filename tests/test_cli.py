@@ -64,6 +64,9 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"AUDIO_IDLE_TIMEOUT_S": "0"}, "AUDIO_IDLE_TIMEOUT_S"),
         ({"AUDIO_SPOOL_BYTES": "-1"}, "AUDIO_SPOOL_BYTES"),
         ({"MAX_AUDIO_STREAMS": "0"}, "MAX_AUDIO_STREAMS"),
+        ({"OBSERVE_RECHECK_S": "0"}, "OBSERVE_RECHECK_S"),
+        ({"OBSERVE_SNAPSHOT_MESSAGES": "501"}, "OBSERVE_SNAPSHOT_MESSAGES"),
+        ({"AUDIT_RETENTION_DAYS": "0"}, "AUDIT_RETENTION_DAYS"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(
@@ -279,3 +282,40 @@ def test_schema_prints_the_json_schema_of_every_frame(tmp_path: Path) -> None:
     assert schema["title"] == "PainAR wire protocol, version 1"
     assert set(schema) >= {"client", "server"}
     assert "chat.send" in result.stdout and "session.ready" in result.stdout
+
+
+def test_care_team_grant_list_revoke_and_the_audit_trail(tmp_path: Path, database_url: str) -> None:
+    env = {"SECRET_KEY": TEST_SECRET, "DATABASE_URL": database_url}
+    clinician, patient = str(uuid.uuid4()), str(uuid.uuid4())
+    pair = ["--clinician", clinician, "--patient", patient]
+    granted = run_cli("care-team", "grant", *pair, "--expires", "2099-01-01", cwd=tmp_path, **env)
+    assert granted.returncode == 0, granted.stderr
+    assert granted.stdout.strip() == (
+        f"clinician {clinician} patient {patient} until 2099-01-01T00:00:00+00:00"
+    )
+    listed = run_cli("care-team", "list", "--patient", patient, cwd=tmp_path, **env)
+    assert listed.stdout == granted.stdout
+    assert run_cli("care-team", "revoke", *pair, cwd=tmp_path, **env).returncode == 0
+    again = run_cli("care-team", "revoke", *pair, cwd=tmp_path, **env)
+    assert again.returncode == 3 and "no such grant" in again.stderr
+    bad = run_cli("care-team", "grant", *pair, "--expires", "soon", cwd=tmp_path, **env)
+    assert bad.returncode == 2 and "not an ISO-8601 time" in bad.stderr
+    trail = run_cli("audit", "--patient", patient, "--format", "json", cwd=tmp_path, **env)
+    assert trail.returncode == 0, trail.stderr
+    events = [json.loads(line) for line in trail.stdout.splitlines()]
+    assert [(e["action"], e["outcome"], e["actor_role"]) for e in events] == [
+        ("grant", "allowed", "admin"),
+        ("revoke", "allowed", "admin"),
+        ("revoke", "denied", "admin"),
+    ]
+    assert all(e["patient_id"] == patient and e["at"] for e in events)
+    table = run_cli("audit", "--patient", patient, cwd=tmp_path, **env)
+    assert len(table.stdout.splitlines()) == 3
+
+
+def test_token_for_an_admin(tmp_path: Path) -> None:
+    sub = str(uuid.uuid4())
+    result = run_cli("token", "--role", "admin", "--sub", sub, cwd=tmp_path, SECRET_KEY=TEST_SECRET)
+    assert result.returncode == 0
+    claims = jwt.decode(result.stdout.strip(), TEST_SECRET, ["HS256"], audience=AUDIENCE)
+    assert (claims["role"], claims["sub"]) == ("admin", sub) and "patient_id" not in claims

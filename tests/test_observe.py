@@ -334,9 +334,10 @@ async def test_the_admin_api_grants_lists_revokes_and_reads_the_trail(
         trail = await http.get("/admin/audit", params={"patient_id": str(patient)}, headers=admin)
         events = trail.json()["events"]
         assert [(e["action"], e["outcome"]) for e in events] == [
+            ("POST admin", "denied"),  # the patient's own try, above
             ("grant", "allowed"),
             ("revoke", "allowed"),
             ("revoke", "denied"),
         ]
-        assert {e["actor_role"] for e in events} == {"admin"}
+        assert {e["actor_role"] for e in events} == {"patient", "admin"}
         assert (await http.get("/admin/audit", headers=admin)).status_code == 422

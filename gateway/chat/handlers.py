@@ -9,6 +9,7 @@ from gateway.chat.replies import ChatRequest
 from gateway.chat.service import ChatService
 from gateway.realtime.router import Peer, Router
 from protocol.codec import ProtocolError
+from protocol.codes import ErrorCode
 from protocol.frames import Ack, ChatCancel, ChatSend
 
 
@@ -36,7 +37,10 @@ class ChatHandlers:
             notify=lambda error: peer.send_error(replace(error, ref=frame.id)),
         )
         if isinstance(outcome, ProtocolError):
-            peer.send_error(replace(outcome, ref=frame.id))
+            error = replace(outcome, ref=frame.id)
+            if error.code == ErrorCode.FORBIDDEN:  # another patient's thread
+                peer.report_refusal(frame, error)
+            peer.send_error(error)
 
     async def cancel(self, peer: Peer[PatientIdentity], frame: ChatCancel) -> None:
         await self.service.cancel(peer.identity.patient_id, frame.response_id)

@@ -69,6 +69,8 @@ class ChatRoute:
             chat_request, ack=lambda _: None, watcher=events.put_nowait
         )
         if isinstance(outcome, ProtocolError):
+            if outcome.code == ErrorCode.FORBIDDEN:  # another patient's thread
+                self.auth.refused(identity, "POST chat")
             headers = {"Retry-After": "1"} if outcome.retryable else None
             status = _STATUS.get(outcome.code, 500)
             return error_response(status, outcome.code.value, outcome.message, headers)

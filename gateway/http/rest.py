@@ -3,7 +3,9 @@ bearer token, and reading a JSON body."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
+from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -24,15 +26,26 @@ def error_response(
     )
 
 
+# Told of every request refused as forbidden: (who, what they asked for, whose data).
+RefusalHook = Callable[[Principal, str, UUID | None], None]
+
+
 class BearerAuth:
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, on_refused: RefusalHook | None = None) -> None:
         self.authenticator = authenticator
+        self.on_refused = on_refused
+
+    def refused(self, principal: Principal, action: str, patient_id: UUID | None = None) -> None:
+        """A route refused the request as forbidden (the audit trail hears of it)."""
+        if self.on_refused is not None:
+            self.on_refused(principal, action, patient_id)
 
     async def patient(self, request: Request, purpose: str) -> PatientIdentity | JSONResponse:
         """The patient behind `Authorization: Bearer`, or the 401/403 answer."""
         principal = await self._principal(request)
         if isinstance(principal, JSONResponse) or isinstance(principal, PatientIdentity):
             return principal
+        self.refused(principal, f"{request.method} {purpose}")
         return error_response(403, "forbidden", f"{purpose} is for patients")
 
     async def admin(self, request: Request) -> AdminIdentity | JSONResponse:
@@ -40,6 +53,7 @@ class BearerAuth:
         principal = await self._principal(request)
         if isinstance(principal, JSONResponse) or isinstance(principal, AdminIdentity):
             return principal
+        self.refused(principal, f"{request.method} admin")
         return error_response(403, "forbidden", "the admin API takes admin tokens only")
 
     async def _principal(self, request: Request) -> Principal | JSONResponse:

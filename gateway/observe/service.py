@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from uuid import UUID
 
-from gateway.auth import ClinicianIdentity, Identity, PatientIdentity
+from gateway.auth import ClinicianIdentity, Identity, PatientIdentity, Principal
 from gateway.observe.audit import AuditLog
 from gateway.observe.config import ObserveConfig
 from gateway.observe.metrics import OBSERVATIONS, OBSERVE_DENIALS
@@ -118,6 +118,15 @@ class ObserveService:
         OBSERVE_DENIALS.labels(reason).inc()
         self.audit.note(
             AuditEvent(identity.sub, identity.role, patient, frame.type, "denied", reason, peer.id)
+        )
+
+    def refused_request(self, principal: Principal, action: str, patient: UUID | None) -> None:
+        """An HTTP request refused as forbidden goes into the audit trail too."""
+        if patient is None and isinstance(principal, PatientIdentity):
+            patient = principal.patient_id
+        OBSERVE_DENIALS.labels("http").inc()
+        self.audit.note(
+            AuditEvent(principal.sub, principal.role, patient, action, "denied", "http")
         )
 
     # ---- frames --------------------------------------------------------------------------
@@ -266,9 +275,10 @@ def _forbidden(message: str, ref: str | None, patient_id: UUID | None) -> Protoc
 
 
 def _reason(error: ProtocolError) -> str:
-    """The metric label and audit reason of a refusal (the router's or this guard's)."""
+    """The metric label and audit reason of a refusal (the router's, a handler's or this
+    guard's)."""
     if error.code != ErrorCode.FORBIDDEN:
         return "invalid"
-    return {NOT_ON_TEAM: "not_on_team", NOT_OBSERVING: "not_observing"}.get(
-        error.message, "other_patient" if error.message.startswith("patient_id") else "role"
-    )
+    if error.message in (NOT_ON_TEAM, NOT_OBSERVING):
+        return "not_on_team" if error.message == NOT_ON_TEAM else "not_observing"
+    return "role" if " is not allowed for " in error.message else "other_patient"

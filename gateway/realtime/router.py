@@ -55,6 +55,10 @@ class Peer(Protocol[IdentityT]):
     def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run `cleanup` when the socket ends (for state a feature keeps per socket)."""
 
+    def report_refusal(self, frame: ClientFrame, error: ProtocolError) -> None:
+        """A handler refused part or all of `frame` as `forbidden` (another patient's
+        thread, say): tell the denial hooks (the audit trail). Sends nothing."""
+
 
 Handler = Callable[[Peer[IdentityT], FrameT], Awaitable[None]]
 # Stored without the frame's own type: dispatch only calls a handler with frames of the
@@ -130,7 +134,11 @@ class Router:
                 return
         await by_role[role](peer, frame)
 
-    def _deny(self, peer: Peer[Identity], frame: ClientFrame, error: ProtocolError) -> None:
+    def refused(self, peer: Peer[Identity], frame: ClientFrame, error: ProtocolError) -> None:
+        """Tell the denial hooks (for refusals decided by a handler)."""
         for hook in self._denial_hooks:
             hook(peer, frame, error)
+
+    def _deny(self, peer: Peer[Identity], frame: ClientFrame, error: ProtocolError) -> None:
+        self.refused(peer, frame, error)
         peer.send_error(error)

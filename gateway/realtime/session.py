@@ -132,6 +132,9 @@ class Session:
     def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         self._cleanups.append(cleanup)
 
+    def report_refusal(self, frame: ClientFrame, error: ProtocolError) -> None:
+        self.realtime.router.refused(self, frame, error)
+
     async def _clean_up(self) -> None:
         for cleanup in self._cleanups:
             try:

@@ -7,6 +7,8 @@ import time
 from gateway.auth import PatientIdentity
 from gateway.realtime.router import Peer, Router
 from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
+from protocol.codec import ProtocolError
+from protocol.codes import ErrorCode
 from protocol.frames import SyncAck, SyncChanges, SyncPull, SyncPush
 
 
@@ -23,6 +25,10 @@ class SyncHandlers:
         result = await self.service.push(
             identity.patient_id, identity.device_key, frame.mutations, origin=time.time()
         )
+        for rejected in result.rejected:
+            if rejected.code == ErrorCode.FORBIDDEN:  # another patient's thread or message
+                message = "patient_id: a mutation names another patient's data"
+                peer.report_refusal(frame, ProtocolError(ErrorCode.FORBIDDEN, message, frame.id))
         peer.send(
             SyncAck(
                 ref=frame.id,

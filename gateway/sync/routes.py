@@ -23,6 +23,7 @@ from gateway.auth import PatientIdentity
 from gateway.http.rest import BearerAuth, error_response, read_body
 from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
 from protocol.codec import describe
+from protocol.codes import ErrorCode
 from protocol.frames import (
     MAX_MUTATIONS,
     MAX_PULL_LIMIT,
@@ -100,6 +101,8 @@ class SyncRoutes:
         mutations = [_mutation(payload, "thread", t) for t in payload.threads]
         mutations += [_mutation(payload, "message", m) for m in payload.messages]
         result = await self.service.push(identity.patient_id, device, mutations, origin=received)
+        if any(r.code == ErrorCode.FORBIDDEN for r in result.rejected):
+            self.auth.refused(identity, "POST sync")  # another patient's data
         return JSONResponse(
             {
                 "version": result.version,

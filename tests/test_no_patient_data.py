@@ -1,0 +1,88 @@
+"""A whole session — chat, voice, sync, a clinician observing — with every logger at DEBUG:
+no message text, transcript, reply or token appears in any log line or metric label."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from gateway.ops.logs import quiet_libraries
+from protocol.codec import encode_audio_frame
+from storage.care_team import grant
+from tests.chatkit import Upstream, chat_send, until
+from tests.support import Gateway
+from tests.wsclient import clinician_token, patient_token, recv, send, session
+
+
+@pytest.mark.parametrize("chat_gateway", [{"transcription_provider": "openai"}], indirect=True)
+async def test_no_patient_text_or_token_in_logs_or_metrics(
+    chat_gateway: Gateway,
+    upstream: Upstream,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet_libraries()  # as `painar-gateway serve` sets up logging, with LOG_LEVEL=DEBUG
+    caplog.set_level(logging.DEBUG)
+    typed, synced = "TYPED-knee-7781 hurts", "SYNCED-back-5523 aches"
+    spoken, replied = "SPOKEN-hip-9042 burns", "REPLIED-advice-3307"
+    upstream.behaviour.transcript = spoken
+    upstream.behaviour.tokens = [replied, " rest."]
+    patient, clinician, thread = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await grant(db, clinician, patient, granted_by=uuid.uuid4())
+    patient_jwt, clinician_jwt = patient_token(patient), clinician_token(clinician)
+    async with (
+        session(chat_gateway.ws_url, patient_jwt) as (device, _),
+        session(chat_gateway.ws_url, clinician_jwt) as (watcher, _),
+    ):
+        await send(watcher, {"type": "observe", "id": "o", "patient_id": str(patient)})
+        await until(watcher, "observe.snapshot")
+        await send(device, chat_send(thread, typed))
+        await until(device, "chat.done")
+        push = {
+            "mutation_id": "s1",
+            "entity": "message",
+            "op": "upsert",
+            "id": str(uuid.uuid4()),
+            "data": {"thread_id": str(thread), "role": "user", "content": synced},
+        }
+        await send(device, {"type": "sync.push", "id": "p", "mutations": [push]})
+        await until(device, "sync.ack")
+        stream = uuid.uuid4()
+        start = {
+            "type": "audio.start",
+            "id": "a",
+            "stream_id": str(stream),
+            "thread_id": str(uuid.uuid4()),
+            "format": "pcm16",
+            "sample_rate": 16000,
+        }
+        await send(device, start)
+        await recv(device)
+        await device.send(b"\x00" * 20 + b"\x00\x00" * 1600)  # not a started stream: refused
+        upstream.behaviour.fail_with = [500]  # a failure on the way, logged
+        await device.send(encode_audio_frame(stream, 0, b"\x00\x00" * 1600))
+        await send(device, {"type": "audio.commit", "id": "c", "stream_id": str(stream)})
+        transcript = await until(device, "audio.transcript")
+        assert transcript[1]["text"] == spoken
+        await until(watcher, "chat.done")  # the observer saw the voice message's reply too
+        await send(watcher, chat_send(thread, "a clinician trying to write"))
+        await until(watcher, "error")
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{chat_gateway.url}/metrics")).text
+    secrets = [typed, synced, spoken, replied, patient_jwt, clinician_jwt]
+    secrets += [word for text in (typed, synced, spoken, replied) for word in text.split()[:1]]
+    # The suite's own clients and stand-in server log in this process too: not the gateway.
+    records = [
+        r for r in caplog.records if not r.name.startswith(("websockets.client", "uvicorn.access"))
+    ]
+    lines = [record.getMessage() for record in records]
+    lines += [str(record.args) for record in records if record.args]
+    lines += [str(record.exc_info[1]) for record in records if record.exc_info]
+    assert len(lines) > 3  # the session did log
+    for secret in secrets:
+        assert not [line for line in lines if secret in line], secret
+        assert secret not in metrics, secret
