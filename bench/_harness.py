@@ -94,6 +94,32 @@ async def gateways(
             await process.wait()
 
 
+@asynccontextmanager
+async def stand_in_model(**behaviour: object) -> AsyncIterator[str]:
+    """The suite's stand-in OpenAI-format server (tests/fake_openai.py) in a process of its
+    own, set to `behaviour` (fields of tests.fake_openai.Behaviour); yields its base URL
+    (append `/v1` for OPENAI_BASE_URL) once it answers."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench._upstream", str(port)
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            for _ in range(300):
+                try:
+                    (await http.post("/behaviour", json=behaviour)).raise_for_status()
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("the stand-in model server did not start")
+        yield base
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -37,11 +36,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench._harness import SECRET, free_port, gateways, percentile, rss_bytes, services
+from bench._harness import SECRET, gateways, percentile, rss_bytes, services, stand_in_model
 from gateway.auth import issue_token
 from protocol.codec import encode_audio_frame
 from tests.speech import BYTES_PER_MS, chunks, silence, synthesise
@@ -254,19 +252,7 @@ def summary(samples: list[float], unit: str = "ms") -> str:
 
 async def run(dsn: str, redis_url: str, spoken: list[bytes]) -> None:
     print(f"audio benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs", flush=True)
-    upstream_port = free_port()
-    upstream = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._upstream", str(upstream_port)
-    )
-    base = f"http://127.0.0.1:{upstream_port}"
-    try:
-        async with httpx.AsyncClient(base_url=base) as http:
-            for _ in range(100):
-                try:
-                    await http.post("/behaviour", json={"tokens": ["Rest", " it", "."]})
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+    async with stand_in_model(tokens=["Rest", " it", "."]) as base:
         common = {"OPENAI_BASE_URL": f"{base}/v1", "MAX_AUDIO_STREAMS": "10"}
         for provider in ("local", "openai"):
             async with gateways(1, dsn, redis_url, TRANSCRIPTION_PROVIDER=provider, **common) as [
@@ -328,9 +314,6 @@ async def run(dsn: str, redis_url: str, spoken: list[bytes]) -> None:
                 f"sync push -> delta {summary(syncs)}",
                 flush=True,
             )
-    finally:
-        upstream.terminate()
-        await upstream.wait()
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench._harness import SECRET, free_port, gateways, percentile, services
+from bench._harness import SECRET, gateways, percentile, services, stand_in_model
 from bench._wsclient import ClientProtocol, open_client
 from gateway.auth import issue_token
 from tests.support import bulk_memories
@@ -235,35 +234,32 @@ async def run(dsn: str, redis_url: str) -> None:
         f"HNSW built in {built:.0f} s",
         flush=True,
     )
-    upstream_port = free_port()
-    upstream = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._upstream", str(upstream_port)
-    )
+    async with stand_in_model() as base:
+        await run_phases(dsn, redis_url, base)
+
+
+async def run_phases(dsn: str, redis_url: str, base: str) -> None:
     env = {
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "OPENAI_BASE_URL": f"{base}/v1",
         "OPENAI_API_KEY": "bench",
         "MODEL_NAME": "bench",
         "DB_POOL_MIN": "4",
     }
-    try:
-        async with (
-            gateways(2, dsn, redis_url, **env) as processes,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{upstream_port}") as http,
-        ):
-            ports = [port for _, port in processes]
-            raise_priority()
-            gc.collect()
-            gc.freeze()
+    async with (
+        gateways(2, dsn, redis_url, **env) as processes,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        ports = [port for _, port in processes]
+        raise_priority()
+        gc.collect()
+        gc.freeze()
 
-            if "a" in PHASES:
-                await report_first_token_and_relay(http, ports)
-            if "b" in PHASES:
-                await report_burst(http, ports)
-            if "c" in PHASES:
-                await report_crowd(http, ports)
-    finally:
-        upstream.terminate()
-        await upstream.wait()
+        if "a" in PHASES:
+            await report_first_token_and_relay(http, ports)
+        if "b" in PHASES:
+            await report_burst(http, ports)
+        if "c" in PHASES:
+            await report_crowd(http, ports)
 
 
 def raise_priority() -> None:

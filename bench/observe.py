@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import uuid
 
 import asyncpg
-import httpx
 import orjson
 
-from bench._harness import SECRET, free_port, gateways, percentile, services
+from bench._harness import SECRET, gateways, percentile, services, stand_in_model
 from bench._wsclient import ClientProtocol, open_client
 from gateway.auth import issue_token
 
@@ -82,26 +80,14 @@ async def run(dsn: str, redis_url: str) -> None:
         )
     finally:
         await conn.close()
-    upstream_port = free_port()
-    upstream = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._upstream", str(upstream_port)
-    )
-    base = f"http://127.0.0.1:{upstream_port}"
-    try:
-        async with httpx.AsyncClient(base_url=base) as http:
-            for _ in range(100):
-                try:
-                    behaviour = {
-                        "tokens": ["t"] * TOKENS,
-                        "first_token_delay_s": 0.05,
-                        "token_delay_s": 0.025,
-                        "finish_delay_s": 0.025,
-                        "stamp": True,
-                    }
-                    (await http.post("/behaviour", json=behaviour)).raise_for_status()
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+    behaviour = {
+        "tokens": ["t"] * TOKENS,
+        "first_token_delay_s": 0.05,
+        "token_delay_s": 0.025,
+        "finish_delay_s": 0.025,
+        "stamp": True,
+    }
+    async with stand_in_model(**behaviour) as base:
         async with gateways(2, dsn, redis_url, OPENAI_BASE_URL=f"{base}/v1") as processes:
             ports = [port for _, port in processes]
             token = issue_token(SECRET, role="patient", sub=patient, device_id="headset")
@@ -137,9 +123,6 @@ async def run(dsn: str, redis_url: str) -> None:
             for socket in everyone:
                 assert socket.connection is not None
                 socket.connection.close()
-    finally:
-        upstream.terminate()
-        await upstream.wait()
 
 
 def _p(samples: list[float]) -> str:

@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from uuid import UUID
@@ -125,27 +125,16 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
             _prepare(settings, dsn, apply=True)
             yield dsn
 
-    try:
-        return cli_admin.run(args, migrated, settings.db_pool_max)
-    except (MigrationError, EmbeddedPostgresUnavailable) as exc:
-        log.error("%s", exc)
-        return EXIT_STARTUP
-    except (OSError, asyncpg.PostgresError) as exc:
-        log.error("database unreachable: %s", type(exc).__name__)
-        return EXIT_STARTUP
+    return _exit_code(lambda: cli_admin.run(args, migrated, settings.db_pool_max))
 
 
 def _migrate(settings: Settings) -> int:
-    try:
+    def migrate() -> int:
         with _database(settings) as dsn:
             _prepare(settings, dsn, apply=True)
-    except (MigrationError, EmbeddedPostgresUnavailable) as exc:
-        log.error("%s", exc)
-        return EXIT_STARTUP
-    except (OSError, asyncpg.PostgresError) as exc:
-        log.error("database unreachable or refused the migration: %s", type(exc).__name__)
-        return EXIT_STARTUP
-    return 0
+        return 0
+
+    return _exit_code(migrate, unreachable="database unreachable or refused the migration")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -160,7 +149,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         environment="development" if settings.debug else "production",
         release=_version(),
     )
-    try:
+
+    def serve() -> int:
         with _database(settings) as dsn:
             _prepare(settings, dsn, apply=not args.no_migrate)
             app = create_app(settings, database_url=dsn)
@@ -169,6 +159,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             server = GatewayServer(uvicorn_config(app, settings, host, port), app)
             server.run()
             return 0 if server.started else EXIT_STARTUP
+
+    return _exit_code(serve)
+
+
+def _exit_code(work: Callable[[], int], unreachable: str = "database unreachable") -> int:
+    """Run a command that needs the database; its failures as one line and an exit code."""
+    try:
+        return work()
     except SettingsError as exc:  # a setting that needs what is not installed
         print(f"painar-gateway: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -176,7 +174,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_STARTUP
     except (OSError, asyncpg.PostgresError) as exc:
-        log.error("database unreachable: %s", type(exc).__name__)
+        log.error("%s: %s", unreachable, type(exc).__name__)
         return EXIT_STARTUP
 
 
