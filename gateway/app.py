@@ -31,6 +31,7 @@ from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
 from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.http.rest import BearerAuth
+from gateway.memory.worker import EmbeddingWorker, MemoryConfig
 from gateway.observe import handlers as observe_handlers
 from gateway.observe.audit import AuditLog
 from gateway.observe.care_team import CareTeams
@@ -76,6 +77,9 @@ class Services:
             dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
         )
         self.models = make_models(settings)
+        self.embedding_worker = EmbeddingWorker(
+            MemoryConfig.from_settings(settings), db=self.db, embedder=self.models.embedder
+        )
         writer = ChangeWriter(self.db, self.hub)
         self.sync = SyncService(self.db, writer)
         self.chat = ChatService(
@@ -145,8 +149,10 @@ class Services:
         self.presence.start()
         self.audit_log.start()
         self.observe.start()
+        self.embedding_worker.start()
 
     async def close(self) -> None:
+        await self.embedding_worker.close()
         await self.observe.close()
         await self.audit_log.close()
         await self.audio.close()

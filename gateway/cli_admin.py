@@ -1,5 +1,6 @@
-"""`painar-gateway care-team grant|revoke|list` and `painar-gateway audit`: care teams and
-the access audit trail from the command line (the admin HTTP API does the same)."""
+"""`painar-gateway care-team grant|revoke|list`, `painar-gateway audit` and
+`painar-gateway reembed`: care teams, the access audit trail (the admin HTTP API does the
+same) and the embedding queue, from the command line."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from uuid import UUID
 from gateway.observe.care_team import CareTeams
 from storage.care_team import CLI_GRANTER, Grant
 from storage.database import Database
+from storage.embedding_queue import enqueue_all
 
 EXIT_NOT_FOUND = 3
 
@@ -34,6 +36,10 @@ def add_commands(commands: Any) -> None:
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--patient", type=UUID, help="of one patient")
     which.add_argument("--clinician", type=UUID, help="of one clinician")
+    reembed = commands.add_parser(
+        "reembed", help="queue messages for embedding again (backfill, or a new model)"
+    )
+    reembed.add_argument("--patient", type=UUID, help="one patient's (default: everyone's)")
     audit = commands.add_parser("audit", help="print a patient's access audit trail")
     audit.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
     audit.add_argument("--since", type=_when, help="ISO-8601 time to start from")
@@ -56,6 +62,11 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int) -> int:
         teams = CareTeams(db)
         if args.command == "audit":
             return await _audit(teams, args)
+        if args.command == "reembed":
+            async with db.acquire() as conn:
+                queued = await enqueue_all(conn, args.patient)
+            print(f"queued {queued} message(s); running gateways embed them")
+            return 0
         if args.action == "grant":
             granted = await teams.grant(CLI_GRANTER, args.clinician, args.patient, args.expires)
             print(_grant_line(granted))

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     observe_snapshot_messages: Annotated[int, Field(ge=0, le=500)] = 50
     observe_recheck_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     audit_retention_days: Annotated[int, Field(ge=1)] = 2192  # six years (HIPAA)
+    # Memory: the embedding queue's worker.
+    embed_batch: Annotated[int, Field(ge=1, le=2048)] = 64
+    embed_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    embed_max_backoff_s: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("database_url")
     @classmethod

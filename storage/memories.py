@@ -22,6 +22,7 @@ transaction only) leaves it the index order.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,19 +47,36 @@ class Memory:
     similarity: float  # cosine similarity, 1 = same direction
 
 
+def content_sha(text: str) -> bytes:
+    """Which text a vector is of (as sql/0006 computes it)."""
+    return hashlib.sha256(text.encode()).digest()
+
+
 async def store_memory(
-    conn: Connection, patient_id: UUID, message_id: UUID, embedding: Sequence[float]
-) -> None:
-    """Store (or replace) the embedding of one of the patient's messages."""
-    await conn.execute(
+    conn: Connection, patient_id: UUID, message_id: UUID, embedding: Sequence[float], text: str
+) -> bool:
+    """Store (or replace) the embedding of one of the patient's messages, if `text` is still
+    the message's content (an edit or a delete meanwhile makes the vector stale), and take
+    that version off the embedding queue. Whether it was stored."""
+    sha = content_sha(text)
+    status: str = await conn.execute(
         """
-        INSERT INTO memories (message_id, patient_id, embedding) VALUES ($1, $2, $3)
-        ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding
+        INSERT INTO memories AS m (message_id, patient_id, embedding, content_sha)
+        SELECT $1, $2, $3, $4 FROM messages ms
+        WHERE ms.id = $1 AND ms.patient_id = $2 AND NOT ms.deleted
+          AND sha256(convert_to(ms.content, 'UTF8')) = $4
+        ON CONFLICT (message_id) DO UPDATE
+            SET embedding = EXCLUDED.embedding, content_sha = EXCLUDED.content_sha
         """,
         message_id,
         patient_id,
         list(embedding),
+        sha,
     )
+    await conn.execute(
+        "DELETE FROM embedding_queue WHERE message_id = $1 AND content_sha = $2", message_id, sha
+    )
+    return status != "INSERT 0 0"
 
 
 _SELECT = """

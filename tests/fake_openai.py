@@ -34,6 +34,10 @@ class Behaviour:
     error_after: int | None = None  # send an error event after this many tokens
     requests: list[dict[str, object]] = field(default_factory=list)
     aborted: int = 0  # streams the client closed before their end
+    # Embeddings: failures and a delay for the next requests, and every text embedded.
+    embedding_fail_with: list[int] = field(default_factory=list)
+    embedding_delay_s: float = 0.0
+    embedded: list[str] = field(default_factory=list)
     # Transcriptions: what /audio/transcriptions answers, and what each upload was.
     transcript: str = "My knee hurts when I climb the stairs."
     transcription_delay_s: float = 0.0
@@ -105,7 +109,12 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
     async def embeddings(request: Request) -> Response:
         body = orjson.loads(await request.body())
         behaviour.requests.append(body)
+        if behaviour.embedding_fail_with:
+            status = behaviour.embedding_fail_with.pop(0)
+            return JSONResponse({"error": {"message": "fake failure"}}, status)
+        await asyncio.sleep(behaviour.embedding_delay_s)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        behaviour.embedded.extend(inputs)
         dim = int(body.get("dimensions") or 1536)
         data = [
             {"object": "embedding", "index": i, "embedding": embed(text, dim)}

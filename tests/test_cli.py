@@ -16,7 +16,7 @@ import pytest
 
 from gateway.auth import AUDIENCE
 from gateway.settings import SettingsError, load_settings
-from storage.changes import Mutation, ThreadData, apply_mutations, current_version
+from storage.changes import MessageData, Mutation, ThreadData, apply_mutations, current_version
 from storage.database import connect
 from storage.migrations import default_directory
 from tests.support import SETTING_NAMES, TEST_SECRET, TIMEOUT_S, eventually, free_port, gateway_env
@@ -67,6 +67,8 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"OBSERVE_RECHECK_S": "0"}, "OBSERVE_RECHECK_S"),
         ({"OBSERVE_SNAPSHOT_MESSAGES": "501"}, "OBSERVE_SNAPSHOT_MESSAGES"),
         ({"AUDIT_RETENTION_DAYS": "0"}, "AUDIT_RETENTION_DAYS"),
+        ({"EMBED_BATCH": "0"}, "EMBED_BATCH"),
+        ({"EMBED_POLL_S": "0"}, "EMBED_POLL_S"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(
@@ -319,3 +321,26 @@ def test_token_for_an_admin(tmp_path: Path) -> None:
     assert result.returncode == 0
     claims = jwt.decode(result.stdout.strip(), TEST_SECRET, ["HS256"], audience=AUDIENCE)
     assert (claims["role"], claims["sub"]) == ("admin", sub) and "patient_id" not in claims
+
+
+async def test_reembed_queues_every_live_message_again(tmp_path: Path, database_url: str) -> None:
+    patient, thread = uuid.uuid4(), uuid.uuid4()
+    conn = await connect(database_url)
+    try:
+        await apply_mutations(
+            conn,
+            patient,
+            [
+                Mutation("thread", "upsert", thread, ThreadData("t")),
+                Mutation("message", "upsert", uuid.uuid4(), MessageData(thread, "user", "one")),
+                Mutation("message", "upsert", uuid.uuid4(), MessageData(thread, "user", "two")),
+            ],
+        )
+        await conn.execute("DELETE FROM embedding_queue")  # as if embedded already
+        env = {"SECRET_KEY": TEST_SECRET, "DATABASE_URL": database_url}
+        result = run_cli("reembed", "--patient", str(patient), cwd=tmp_path, **env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("queued 2 message(s)")
+        assert await conn.fetchval("SELECT count(*) FROM embedding_queue") == 2
+    finally:
+        await conn.close()

@@ -55,10 +55,9 @@ async def test_a_patient_with_few_memories_among_many_nearer_ones_gets_only_thei
     query = unit([1.0] + [0.0] * (DIM - 1))
     patient = uuid.uuid4()
     own = await add_messages(small_db, patient, [f"own {n}" for n in range(10)])
-    for message_id in own:  # far from the query
-        await store_memory(
-            small_db, patient, message_id, unit([-1.0] + [rng.random() for _ in range(DIM - 1)])
-        )
+    for n, message_id in enumerate(own):  # far from the query
+        vector = unit([-1.0] + [rng.random() for _ in range(DIM - 1)])
+        await store_memory(small_db, patient, message_id, vector, f"own {n}")
     # 20,000 memories of 200 other patients, all nearer to the query than any of `own`
     # (fixture data, written in bulk rather than through the change log; the HNSW index is
     # built once afterwards, as fast as 20,000 inserts into it are slow).
@@ -81,9 +80,9 @@ async def test_nearest_first_with_min_similarity_and_exclusions(
     patient = uuid.uuid4()
     near, middle, far = await add_messages(small_db, patient, ["near", "middle", "far"])
     query = unit([1.0, 0.0] + [0.0] * (DIM - 2))
-    await store_memory(small_db, patient, near, unit([1.0, 0.1] + [0.0] * (DIM - 2)))
-    await store_memory(small_db, patient, middle, unit([1.0, 1.0] + [0.0] * (DIM - 2)))
-    await store_memory(small_db, patient, far, unit([-1.0, 0.0] + [0.0] * (DIM - 2)))
+    await store_memory(small_db, patient, near, unit([1.0, 0.1] + [0.0] * (DIM - 2)), "near")
+    await store_memory(small_db, patient, middle, unit([1.0, 1.0] + [0.0] * (DIM - 2)), "middle")
+    await store_memory(small_db, patient, far, unit([-1.0, 0.0] + [0.0] * (DIM - 2)), "far")
     found = await nearest_memories(small_db, patient, query, k=6)
     assert [m.content for m in found] == ["near", "middle"]  # "far" is below 0 similarity
     found = await nearest_memories(small_db, patient, query, k=1, exclude=[near])
@@ -102,9 +101,9 @@ async def test_past_the_exact_limit_every_call_searches_the_hnsw_index(
     patients = [uuid.uuid4() for _ in range(40)]
     for patient in patients:
         ids = await add_messages(small_db, patient, [f"m{n}" for n in range(50)])
-        for message_id in ids:
+        for n, message_id in enumerate(ids):
             vector = unit([rng.gauss(0, 1) for _ in range(DIM)])
-            await store_memory(small_db, patient, message_id, vector)
+            await store_memory(small_db, patient, message_id, vector, f"m{n}")
     await small_db.execute("ANALYZE memories")
 
     async def index_scans() -> int:

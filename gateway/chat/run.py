@@ -197,12 +197,12 @@ class ReplyRun:
             await release_reply(conn, reply.id)
             reply.released = True
             if isinstance(result.results[0], Applied):
-                for message_id, vector in (
-                    (reply.message_id, user_vector),
-                    (reply.assistant_id, reply_vector),
+                for message_id, vector, embedded in (
+                    (reply.message_id, user_vector, request.text),
+                    (reply.assistant_id, reply_vector, text),
                 ):
                     if vector is not None:
-                        await store_memory(conn, request.patient_id, message_id, vector)
+                        await store_memory(conn, request.patient_id, message_id, vector, embedded)
             reply.emit(done)
             return [done]
 

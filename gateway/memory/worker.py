@@ -1,0 +1,104 @@
+"""The embedding worker, one per gateway process: claims due messages from the queue,
+embeds them in one call per batch (no connection held meanwhile), stores each memory if
+its message still has that text. A failed batch is due again after a doubling delay (at
+most EMBED_MAX_BACKOFF_S); nothing is lost, and a restart resumes where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.memory.metrics import (
+    EMBEDDED,
+    EMBEDDING_BATCH_SECONDS,
+    EMBEDDING_FAILURES,
+    EMBEDDING_QUEUE_DEPTH,
+)
+from gateway.providers.base import Embedder
+from gateway.settings import Settings
+from storage.database import Database
+from storage.embedding_queue import back_off, claim, depth
+from storage.memories import store_memory
+
+log = logging.getLogger(__name__)
+
+DEPTH_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    batch: int
+    poll_s: float
+    lease_s: float
+    max_backoff_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MemoryConfig:
+        return cls(
+            batch=settings.embed_batch,
+            poll_s=settings.embed_poll_s,
+            # A claimed batch that is not done by then (its process died) is due again.
+            lease_s=settings.chat_connect_timeout_s + settings.chat_idle_timeout_s + 30,
+            max_backoff_s=settings.embed_max_backoff_s,
+        )
+
+
+class EmbeddingWorker:
+    def __init__(self, config: MemoryConfig, *, db: Database, embedder: Embedder) -> None:
+        self.config = config
+        self.db = db
+        self.embedder = embedder
+        self._task: asyncio.Task[None] | None = None
+        self._depth_at = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._work())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def run_once(self) -> int:
+        """Embed one batch of what is due; how many messages were taken."""
+        config = self.config
+        async with self.db.acquire() as conn:
+            due = await claim(conn, config.batch, config.lease_s)
+        if not due:
+            return 0
+        started = time.perf_counter()
+        try:
+            vectors = await self.embedder.embed([d.content for d in due])
+        except Exception as exc:
+            EMBEDDING_FAILURES.inc()
+            log.warning("embedding %d queued messages failed: %s", len(due), type(exc).__name__)
+            delays = [min(config.max_backoff_s, 2.0 ** min(d.attempts, 16)) for d in due]
+            async with self.db.acquire() as conn:
+                await back_off(conn, [d.message_id for d in due], delays)
+            return len(due)
+        EMBEDDING_BATCH_SECONDS.observe(time.perf_counter() - started)
+        async with self.db.acquire() as conn:
+            for item, vector in zip(due, vectors, strict=True):
+                await store_memory(conn, item.patient_id, item.message_id, vector, item.content)
+        EMBEDDED.inc(len(due))
+        return len(due)
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                taken = await self.run_once()
+                await self._report_depth()
+            except Exception as exc:  # the database is unreachable: try again shortly
+                log.warning("the embedding worker failed: %s", type(exc).__name__)
+                taken = 0
+            if taken < self.config.batch:
+                await asyncio.sleep(self.config.poll_s)
+
+    async def _report_depth(self) -> None:
+        now = time.monotonic()
+        if now - self._depth_at >= DEPTH_EVERY_S:
+            self._depth_at = now
+            async with self.db.acquire() as conn:
+                EMBEDDING_QUEUE_DEPTH.set(await depth(conn))
