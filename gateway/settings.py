@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     embed_batch: Annotated[int, Field(ge=1, le=2048)] = 64
     embed_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     embed_max_backoff_s: Annotated[float, Field(gt=0)] = 300.0
+    embed_rest_factor: Annotated[float, Field(ge=0, le=100)] = 3.0
 
     @field_validator("database_url")
     @classmethod

@@ -54,12 +54,20 @@ def content_sha(text: str) -> bytes:
 
 async def store_memory(
     conn: Connection, patient_id: UUID, message_id: UUID, embedding: Sequence[float], text: str
-) -> bool:
+) -> None:
     """Store (or replace) the embedding of one of the patient's messages, if `text` is still
     the message's content (an edit or a delete meanwhile makes the vector stale), and take
-    that version off the embedding queue. Whether it was stored."""
-    sha = content_sha(text)
-    status: str = await conn.execute(
+    that version off the embedding queue."""
+    await store_memories(conn, [(patient_id, message_id, embedding, text)])
+
+
+async def store_memories(
+    conn: Connection, items: Sequence[tuple[UUID, UUID, Sequence[float], str]]
+) -> None:
+    """`store_memory` for many (patient, message, embedding, text) at once: the inserts in
+    one pipelined batch, the queue rows in one statement."""
+    shas = [content_sha(text) for _, _, _, text in items]
+    await conn.executemany(
         """
         INSERT INTO memories AS m (message_id, patient_id, embedding, content_sha)
         SELECT $1, $2, $3, $4 FROM messages ms
@@ -68,15 +76,20 @@ async def store_memory(
         ON CONFLICT (message_id) DO UPDATE
             SET embedding = EXCLUDED.embedding, content_sha = EXCLUDED.content_sha
         """,
-        message_id,
-        patient_id,
-        list(embedding),
-        sha,
+        [
+            (message_id, patient_id, list(vector), sha)
+            for (patient_id, message_id, vector, _), sha in zip(items, shas, strict=True)
+        ],
     )
     await conn.execute(
-        "DELETE FROM embedding_queue WHERE message_id = $1 AND content_sha = $2", message_id, sha
+        """
+        DELETE FROM embedding_queue q
+        USING unnest($1::uuid[], $2::bytea[]) AS i (message_id, sha)
+        WHERE q.message_id = i.message_id AND q.content_sha = i.sha
+        """,
+        [message_id for _, message_id, _, _ in items],
+        shas,
     )
-    return status != "INSERT 0 0"
 
 
 _SELECT = """

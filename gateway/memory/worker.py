@@ -1,7 +1,12 @@
 """The embedding worker, one per gateway process: claims due messages from the queue,
 embeds them in one call per batch (no connection held meanwhile), stores each memory if
 its message still has that text. A failed batch is due again after a doubling delay (at
-most EMBED_MAX_BACKOFF_S); nothing is lost, and a restart resumes where it stopped."""
+most EMBED_MAX_BACKOFF_S); nothing is lost, and a restart resumes where it stopped.
+
+It is background work: after the embedding call and after each few inserts (each is an
+HNSW insert in PostgreSQL) it rests EMBED_REST_FACTOR times as long as they took (longer
+when the machine is busy, since they then take longer), so that under a burst of writes
+the queue lags behind rather than the patients' own requests (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -20,11 +25,12 @@ from gateway.providers.base import Embedder
 from gateway.settings import Settings
 from storage.database import Database
 from storage.embedding_queue import back_off, claim, depth
-from storage.memories import store_memory
+from storage.memories import store_memories
 
 log = logging.getLogger(__name__)
 
 DEPTH_EVERY_S = 5.0
+STORE_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class MemoryConfig:
     poll_s: float
     lease_s: float
     max_backoff_s: float
+    rest_factor: float  # after a batch, rest this many times as long as it took
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MemoryConfig:
@@ -42,6 +49,7 @@ class MemoryConfig:
             # A claimed batch that is not done by then (its process died) is due again.
             lease_s=settings.chat_connect_timeout_s + settings.chat_idle_timeout_s + 30,
             max_backoff_s=settings.embed_max_backoff_s,
+            rest_factor=settings.embed_rest_factor,
         )
 
 
@@ -78,10 +86,20 @@ class EmbeddingWorker:
             async with self.db.acquire() as conn:
                 await back_off(conn, [d.message_id for d in due], delays)
             return len(due)
-        EMBEDDING_BATCH_SECONDS.observe(time.perf_counter() - started)
-        async with self.db.acquire() as conn:
-            for item, vector in zip(due, vectors, strict=True):
-                await store_memory(conn, item.patient_id, item.message_id, vector, item.content)
+        took = time.perf_counter() - started
+        EMBEDDING_BATCH_SECONDS.observe(took)
+        await asyncio.sleep(took * self.config.rest_factor)
+        stored = [
+            (item.patient_id, item.message_id, vector, item.content)
+            for item, vector in zip(due, vectors, strict=True)
+        ]
+        # A few at a time, resting between: each memory is an HNSW insert in PostgreSQL,
+        # and a whole batch at once held up everyone's writes behind it.
+        for start in range(0, len(stored), STORE_CHUNK):
+            began = time.monotonic()
+            async with self.db.acquire() as conn:
+                await store_memories(conn, stored[start : start + STORE_CHUNK])
+            await asyncio.sleep((time.monotonic() - began) * self.config.rest_factor)
         EMBEDDED.inc(len(due))
         return len(due)
 
