@@ -75,6 +75,8 @@ class Services:
             settings.secret_key.get_secret_value(),
             jwks_url=settings.jwks_url,
             dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
+            max_ttl_s=settings.max_token_ttl_s,
+            issuer=settings.jwt_issuer,
         )
         self.models = make_models(settings)
         self.embedding_worker = EmbeddingWorker(
@@ -113,7 +115,7 @@ class Services:
             resumes=self.chat.resumes.ask,
         )
         self.router = Router()
-        control.register(self.router)
+        control.register(self.router, self.authenticator)
         SyncHandlers(self.sync).register(self.router)
         ChatHandlers(self.chat).register(self.router)
         audio_handlers.register(self.router, self.audio)

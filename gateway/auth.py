@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 from uuid import UUID
 
@@ -34,6 +34,7 @@ class PatientIdentity:
     sub: UUID
     patient_id: UUID
     device_id: str | None
+    expires_at: float | None = None  # the token's exp (unix time); None: never (DEV_TOKEN)
 
     @property
     def device_key(self) -> str:
@@ -47,6 +48,7 @@ class ClinicianIdentity:
     role: ClassVar[Literal["clinician"]] = "clinician"
     sub: UUID
     device_id: str | None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,27 @@ Identity = PatientIdentity | ClinicianIdentity
 Principal = PatientIdentity | ClinicianIdentity | AdminIdentity
 
 
+def same_holder(first: Identity, second: Identity) -> bool:
+    """Whether two tokens name the same socket holder (a refresh may change only the
+    expiry)."""
+    return replace(first, expires_at=None) == replace(second, expires_at=None)
+
+
 class Authenticator:
     def __init__(
-        self, secret: str, *, jwks_url: str | None = None, dev_token: str | None = None
+        self,
+        secret: str,
+        *,
+        jwks_url: str | None = None,
+        dev_token: str | None = None,
+        max_ttl_s: float | None = None,
+        issuer: str | None = None,
     ) -> None:
         self._secret = secret
         self._dev_token = dev_token
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._max_ttl_s = max_ttl_s
+        self._issuer = issuer
 
     async def verify(self, token: str) -> Principal:
         if self._dev_token is not None and token == self._dev_token:
@@ -89,16 +105,24 @@ class Authenticator:
                 key,
                 algorithms=[alg],
                 audience=AUDIENCE,
-                options={"require": ["exp", "sub", "aud"]},
+                issuer=self._issuer,
+                options={"require": ["exp", "sub", "aud", *(["iss"] if self._issuer else [])]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token issuer is not the one this gateway trusts") from None
         except jwt.InvalidAudienceError:
             raise AuthError(f"token audience must be {AUDIENCE!r}") from None
         except jwt.PyJWKClientError:
             raise AuthError("token signing key not found") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {type(exc).__name__}") from None
+        if self._max_ttl_s is not None:
+            issued = claims.get("iat")
+            start = issued if isinstance(issued, int | float) else time.time()
+            if claims["exp"] - start > self._max_ttl_s:
+                raise AuthError(f"token lifetime is over the {self._max_ttl_s:g} s allowed")
         return identity_from_claims(claims)
 
 
@@ -112,11 +136,13 @@ def identity_from_claims(claims: dict[str, Any]) -> Principal:
         isinstance(device_id, str) and 0 < len(device_id) <= 128 and "\x00" not in device_id
     ):
         raise AuthError("token claim device_id must be a string of 1 to 128 characters")
+    expires_at = float(claims["exp"]) if isinstance(claims.get("exp"), int | float) else None
     if role == "patient":
-        return PatientIdentity(sub, _uuid(claims.get("patient_id"), "patient_id"), device_id)
+        patient_id = _uuid(claims.get("patient_id"), "patient_id")
+        return PatientIdentity(sub, patient_id, device_id, expires_at)
     if role == "admin":
         return AdminIdentity(sub)
-    return ClinicianIdentity(sub, device_id)
+    return ClinicianIdentity(sub, device_id, expires_at)
 
 
 def _uuid(value: object, claim: str) -> UUID:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Realtime: authentication, limits advertised in session.ready, drain.
     jwks_url: str | None = None
+    # Tokens living longer than this (exp - iat) are refused; JWT_ISSUER, when set, must
+    # be the token's `iss`.
+    max_token_ttl_s: Annotated[float, Field(ge=60)] = 86400.0
+    jwt_issuer: Annotated[str, Field(min_length=1)] | None = None
     allowed_origins: Annotated[list[str], NoDecode] = []
     auth_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0

@@ -106,8 +106,13 @@ class ClientFrame(ClientPart):
 
 
 class Auth(ClientFrame):
+    """The first frame (when no Authorization header came), or later a fresh token for
+    the same holder before the current one expires (answered with `ack` when it has an
+    `id`)."""
+
     type: Literal["auth"]
     token: Annotated[str, Field(min_length=1, max_length=8192)]
+    id: FreeId | None = None
 
 
 class Ping(ClientFrame):

@@ -70,6 +70,7 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"EMBED_BATCH": "0"}, "EMBED_BATCH"),
         ({"EMBED_POLL_S": "0"}, "EMBED_POLL_S"),
         ({"EMBED_REST_FACTOR": "-1"}, "EMBED_REST_FACTOR"),
+        ({"MAX_TOKEN_TTL_S": "10"}, "MAX_TOKEN_TTL_S"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

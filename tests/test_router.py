@@ -54,7 +54,7 @@ def only_control_and_sync(gateway: Gateway) -> Router:
     """The running gateway's router replaced by one with fewer features: the socket layer
     with sync alone (patients only), as a gateway would be before the others land."""
     router = Router()
-    control.register(router)
+    control.register(router, gateway.services.authenticator)
     SyncHandlers(gateway.services.sync).register(router)
     gateway.services.realtime.router = router
     return router

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -188,7 +189,7 @@ async def test_ping_gets_pong_with_its_timestamp(gateway: Gateway) -> None:
             "f7",
         ),
         (b"\x00\x01", "bad_frame", "20-byte header", None),
-        ('{"type": "auth", "token": "x"}', "invalid", "only as the first frame", None),
+        ('{"type": "auth", "token": "x"}', "unauthenticated", "invalid token", None),
         (
             '{"type": "observe", "id": "f5", "patient_id": "' + str(uuid.UUID(int=5)) + '"}',
             "forbidden",
@@ -320,3 +321,63 @@ async def test_a_session_that_cannot_reach_its_database_closes_with_1011(
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+def token_until(exp: float, patient: uuid.UUID, **claims: Any) -> str:
+    base = {"sub": str(patient), "patient_id": str(patient), "role": "patient"}
+    return hs256({**base, "exp": int(exp), "iat": int(time.time()), **claims})
+
+
+async def test_a_socket_closes_within_a_second_of_its_tokens_expiry(gateway: Gateway) -> None:
+    exp = int(time.time()) + 2
+    async with open_socket(gateway.ws_url, token_until(exp, uuid.uuid4())) as ws:
+        assert (await recv(ws))["type"] == "session.ready"
+        error = (await recv(ws, timeout=5))["error"]
+        assert error["code"] == "unauthenticated" and "fresh auth frame" in error["message"]
+        assert await expect_close(ws) == 4401
+        assert time.time() - exp < 1.0
+
+
+async def test_a_fresh_auth_frame_keeps_the_socket_open_past_the_old_expiry(
+    gateway: Gateway,
+) -> None:
+    patient = uuid.uuid4()
+    exp = int(time.time()) + 2
+    async with open_socket(gateway.ws_url, token_until(exp, patient)) as ws:
+        assert (await recv(ws))["type"] == "session.ready"
+        other = token_until(time.time() + 60, uuid.uuid4())
+        await send(ws, {"type": "auth", "id": "r0", "token": other})
+        error = (await recv(ws))["error"]
+        assert (error["code"], error["ref"]) == ("forbidden", "r0")  # another holder's
+        await send(
+            ws, {"type": "auth", "id": "r1", "token": token_until(time.time() + 60, patient)}
+        )
+        assert await recv(ws) == {"type": "ack", "ref": "r1"}
+        await asyncio.sleep(max(0.0, exp + 0.5 - time.time()))  # past the old expiry
+        await send(ws, {"type": "ping", "ts": 3})
+        assert await recv(ws) == {"type": "pong", "ts": 3}
+
+
+@pytest.mark.parametrize(
+    ("gateway", "claims", "reason"),
+    [
+        ({}, {"iat": int(time.time()), "exp": int(time.time()) + 86400 * 30}, "lifetime"),
+        ({"jwt_issuer": "https://id.example"}, {}, "invalid token"),  # no iss
+        ({"jwt_issuer": "https://id.example"}, {"iss": "https://evil.example"}, "issuer"),
+    ],
+    indirect=["gateway"],
+    ids=["30-day-token", "no-issuer", "wrong-issuer"],
+)
+async def test_long_lived_tokens_and_foreign_issuers_are_refused(
+    gateway: Gateway, claims: dict[str, Any], reason: str
+) -> None:
+    async with open_socket(gateway.ws_url, hs256(claims)) as ws:
+        error = (await recv(ws))["error"]
+        assert error["code"] == "unauthenticated" and reason in error["message"]
+        assert await expect_close(ws) == 4401
+
+
+@pytest.mark.parametrize("gateway", [{"jwt_issuer": "https://id.example"}], indirect=True)
+async def test_a_token_from_the_trusted_issuer_is_accepted(gateway: Gateway) -> None:
+    async with open_socket(gateway.ws_url, hs256({"iss": "https://id.example"})) as ws:
+        assert (await recv(ws))["type"] == "session.ready"

@@ -1,24 +1,38 @@
-"""The socket layer's own frames: `ping`, and `auth` sent again after the handshake."""
+"""The socket layer's own frames: `ping`, and `auth` after the handshake: a fresh token
+for the same holder, which keeps the socket open past the old token's expiry."""
 
 from __future__ import annotations
 
-from gateway.auth import Identity
+from gateway.auth import AdminIdentity, Authenticator, AuthError, Identity, same_holder
 from gateway.realtime.router import Peer, Router
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
-from protocol.frames import Auth, Ping, Pong
+from protocol.frames import Ack, Auth, Ping, Pong
 
 
 async def handle_ping(peer: Peer[Identity], frame: Ping) -> None:
     peer.send(Pong(ts=frame.ts))
 
 
-async def handle_auth(peer: Peer[Identity], frame: Auth) -> None:
-    # A socket's identity is fixed at the handshake (gateway/realtime/endpoint.py).
-    error = ProtocolError(ErrorCode.INVALID, "type: auth is accepted only as the first frame")
-    peer.send_error(error)
+class Reauthentication:
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def handle(self, peer: Peer[Identity], frame: Auth) -> None:
+        try:
+            holder = await self.authenticator.verify(frame.token)
+        except AuthError as exc:  # the socket keeps its current token until it expires
+            peer.send_error(ProtocolError(ErrorCode.UNAUTHENTICATED, str(exc), frame.id))
+            return
+        if isinstance(holder, AdminIdentity) or not same_holder(holder, peer.identity):
+            message = "token: names another holder than this socket's"
+            peer.send_error(ProtocolError(ErrorCode.FORBIDDEN, message, frame.id))
+            return
+        peer.renew(holder)
+        if frame.id is not None:
+            peer.send(Ack(ref=frame.id))
 
 
-def register(router: Router) -> None:
+def register(router: Router, authenticator: Authenticator) -> None:
     router.for_everyone(Ping, handle_ping)
-    router.for_everyone(Auth, handle_auth)
+    router.for_everyone(Auth, Reauthentication(authenticator).handle)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -68,6 +69,7 @@ class Session:
         self._bad_in_a_row = 0
         self._tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._expiry: asyncio.TimerHandle | None = None  # the token's end
 
     @property
     def id(self) -> UUID:
@@ -135,6 +137,26 @@ class Session:
     def report_refusal(self, frame: ClientFrame, error: ProtocolError) -> None:
         self.realtime.router.refused(self, frame, error)
 
+    def renew(self, identity: Identity) -> None:
+        self._identity = identity
+        self._expire_at(identity.expires_at)
+
+    def _expire_at(self, expires_at: float | None) -> None:
+        """Close the socket when its token expires (a fresh `auth` frame moves this)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, expires_at - time.time())
+            self._expiry = loop.call_at(loop.time() + delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        message = "token expired: send a fresh auth frame before exp to stay connected"
+        self.send_error(ProtocolError(ErrorCode.UNAUTHENTICATED, message))
+        self.close(CloseCode.UNAUTHENTICATED, "token expired")
+
     async def _clean_up(self) -> None:
         for cleanup in self._cleanups:
             try:
@@ -149,6 +171,7 @@ class Session:
         realtime.sockets.add(self)
         WS_CONNECTIONS.labels(identity.role).inc()
         self._task = asyncio.current_task()
+        self._expire_at(identity.expires_at)
         try:
             await self._ready()
             if self.topic is not None and patient is not None:
@@ -178,6 +201,8 @@ class Session:
             await self._finish()
             if self._give_up_timer is not None:
                 self._give_up_timer.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
 
     async def _ready(self) -> None:
         realtime, patient = self.realtime, self.patient
