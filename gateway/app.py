@@ -46,6 +46,7 @@ from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.endpoint import WS_PATH, websocket_endpoint
 from gateway.realtime.hub import Hub
 from gateway.realtime.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
+from gateway.realtime.revocations import RevocationWatcher
 from gateway.realtime.router import Router
 from gateway.realtime.service import RealtimeConfig, RealtimeService
 from gateway.settings import Settings
@@ -129,6 +130,9 @@ class Services:
             providers=self.models.providers,
             sync_version=self.sync.version,
         )
+        self.revocations = RevocationWatcher(
+            self.db, self.authenticator.revoked, self.realtime, settings.revocation_check_s
+        )
 
     def routes(self) -> list[Route]:
         auth = BearerAuth(self.authenticator, on_refused=self.observe.refused_request)
@@ -147,6 +151,7 @@ class Services:
 
     async def start(self) -> None:
         await self.db.open()
+        await self.revocations.start()
         await self.hub.start()
         self.presence.start()
         self.audit_log.start()
@@ -154,6 +159,7 @@ class Services:
         self.embedding_worker.start()
 
     async def close(self) -> None:
+        await self.revocations.close()
         await self.embedding_worker.close()
         await self.observe.close()
         await self.audit_log.close()

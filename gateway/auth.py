@@ -9,6 +9,7 @@ source, so a public key can never be used as an HMAC secret (algorithm confusion
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
@@ -35,6 +36,7 @@ class PatientIdentity:
     patient_id: UUID
     device_id: str | None
     expires_at: float | None = None  # the token's exp (unix time); None: never (DEV_TOKEN)
+    issued_at: float | None = None  # the token's iat, when it has one
 
     @property
     def device_key(self) -> str:
@@ -49,6 +51,7 @@ class ClinicianIdentity:
     sub: UUID
     device_id: str | None
     expires_at: float | None = None
+    issued_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,27 @@ Principal = PatientIdentity | ClinicianIdentity | AdminIdentity
 def same_holder(first: Identity, second: Identity) -> bool:
     """Whether two tokens name the same socket holder (a refresh may change only the
     expiry)."""
-    return replace(first, expires_at=None) == replace(second, expires_at=None)
+    return replace(first, expires_at=None, issued_at=None) == replace(
+        second, expires_at=None, issued_at=None
+    )
+
+
+class RevokedSubjects:
+    """Subjects whose tokens issued before a time are void (kept current by
+    gateway/realtime/revocations.py from PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self._before: dict[UUID, float] = {}
+
+    def add(self, sub: UUID, before: float) -> None:
+        self._before[sub] = max(before, self._before.get(sub, before))
+
+    def voids(self, sub: UUID, issued_at: float | None) -> bool:
+        before = self._before.get(sub)
+        if before is None:
+            return False
+        # `iat` has whole seconds: a token of the revocation's own second may predate it.
+        return issued_at is None or issued_at <= math.floor(before)
 
 
 class Authenticator:
@@ -80,12 +103,14 @@ class Authenticator:
         dev_token: str | None = None,
         max_ttl_s: float | None = None,
         issuer: str | None = None,
+        revoked: RevokedSubjects | None = None,
     ) -> None:
         self._secret = secret
         self._dev_token = dev_token
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
         self._max_ttl_s = max_ttl_s
         self._issuer = issuer
+        self.revoked = revoked or RevokedSubjects()
 
     async def verify(self, token: str) -> Principal:
         if self._dev_token is not None and token == self._dev_token:
@@ -123,7 +148,10 @@ class Authenticator:
             start = issued if isinstance(issued, int | float) else time.time()
             if claims["exp"] - start > self._max_ttl_s:
                 raise AuthError(f"token lifetime is over the {self._max_ttl_s:g} s allowed")
-        return identity_from_claims(claims)
+        holder = identity_from_claims(claims)
+        if self.revoked.voids(holder.sub, _number(claims.get("iat"))):
+            raise AuthError("token revoked")
+        return holder
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Principal:
@@ -136,13 +164,17 @@ def identity_from_claims(claims: dict[str, Any]) -> Principal:
         isinstance(device_id, str) and 0 < len(device_id) <= 128 and "\x00" not in device_id
     ):
         raise AuthError("token claim device_id must be a string of 1 to 128 characters")
-    expires_at = float(claims["exp"]) if isinstance(claims.get("exp"), int | float) else None
+    expires_at, issued_at = _number(claims.get("exp")), _number(claims.get("iat"))
     if role == "patient":
         patient_id = _uuid(claims.get("patient_id"), "patient_id")
-        return PatientIdentity(sub, patient_id, device_id, expires_at)
+        return PatientIdentity(sub, patient_id, device_id, expires_at, issued_at)
     if role == "admin":
         return AdminIdentity(sub)
-    return ClinicianIdentity(sub, device_id, expires_at)
+    return ClinicianIdentity(sub, device_id, expires_at, issued_at)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _uuid(value: object, claim: str) -> UUID:

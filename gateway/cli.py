@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
-        if command in ("care-team", "audit", "reembed"):
+        if command in ("care-team", "audit", "reembed", "revoke"):
             return _admin(settings, args)
         return _serve(settings, args)
     except (KeyboardInterrupt, Terminated):

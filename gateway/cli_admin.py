@@ -1,6 +1,6 @@
-"""`painar-gateway care-team grant|revoke|list`, `painar-gateway audit` and
-`painar-gateway reembed`: care teams, the access audit trail (the admin HTTP API does the
-same) and the embedding queue, from the command line."""
+"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke` and `reembed`: care
+teams, the access audit trail (the admin HTTP API does the same), revoked subjects and the
+embedding queue, from the command line."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from typing import Any
 from uuid import UUID
 
 from gateway.observe.care_team import CareTeams
+from storage.audit import AuditEvent, record
 from storage.care_team import CLI_GRANTER, Grant
 from storage.database import Database
 from storage.embedding_queue import enqueue_all
+from storage.revocations import revoke
 
 EXIT_NOT_FOUND = 3
 
@@ -36,6 +38,10 @@ def add_commands(commands: Any) -> None:
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--patient", type=UUID, help="of one patient")
     which.add_argument("--clinician", type=UUID, help="of one clinician")
+    revoke_tokens = commands.add_parser(
+        "revoke", help="revoke every token of a subject issued until now (closes its sockets)"
+    )
+    revoke_tokens.add_argument("--sub", type=UUID, required=True, help="subject (UUID)")
     reembed = commands.add_parser(
         "reembed", help="queue messages for embedding again (backfill, or a new model)"
     )
@@ -62,6 +68,16 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int) -> int:
         teams = CareTeams(db)
         if args.command == "audit":
             return await _audit(teams, args)
+        if args.command == "revoke":
+            async with db.acquire() as conn:
+                async with conn.transaction():
+                    done = await revoke(conn, args.sub)
+                    event = AuditEvent(
+                        CLI_GRANTER, "admin", None, "revoke_tokens", "allowed", f"sub {args.sub}"
+                    )
+                    await record(conn, [event])
+            print(f"revoked every token of {args.sub} issued until {done.revoked_before}")
+            return 0
         if args.command == "reembed":
             async with db.acquire() as conn:
                 queued = await enqueue_all(conn, args.patient)

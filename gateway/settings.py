@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     # be the token's `iss`.
     max_token_ttl_s: Annotated[float, Field(ge=60)] = 86400.0
     jwt_issuer: Annotated[str, Field(min_length=1)] | None = None
+    revocation_check_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     allowed_origins: Annotated[list[str], NoDecode] = []
     auth_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0

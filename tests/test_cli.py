@@ -71,6 +71,7 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"EMBED_POLL_S": "0"}, "EMBED_POLL_S"),
         ({"EMBED_REST_FACTOR": "-1"}, "EMBED_REST_FACTOR"),
         ({"MAX_TOKEN_TTL_S": "10"}, "MAX_TOKEN_TTL_S"),
+        ({"REVOCATION_CHECK_S": "0"}, "REVOCATION_CHECK_S"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

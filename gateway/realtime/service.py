@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, Identity, RevokedSubjects
 from gateway.realtime.hub import Hub
 from gateway.realtime.outbox import Flusher
 from gateway.realtime.presence import PresenceService
 from gateway.realtime.router import Router
 from gateway.settings import Settings
-from protocol.codes import CloseCode
+from protocol.codec import ProtocolError
+from protocol.codes import CloseCode, ErrorCode
 from protocol.frames import Limits, Providers, Reconnect, ServerFrame
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,18 @@ class RealtimeConfig:
 
 
 class OpenSocket(Protocol):
-    """What the drain needs of a socket."""
+    """What the drain and revocations need of a socket."""
+
+    @property
+    def identity(self) -> Identity: ...
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
         """Work started by the socket's frames that is still running."""
 
     def send(self, frame: ServerFrame) -> None: ...
+
+    def send_error(self, error: ProtocolError) -> None: ...
 
     def close(self, code: int, reason: str = "") -> None: ...
 
@@ -95,6 +101,15 @@ class RealtimeService:
         self.flusher = Flusher()
         self.sockets: set[OpenSocket] = set()
         self.draining = False
+
+    def close_revoked(self, sub: UUID, revoked: RevokedSubjects) -> None:
+        """Close the sockets whose tokens `revoked` now voids (4401)."""
+        for socket in tuple(self.sockets):
+            identity = socket.identity
+            if identity.sub == sub and revoked.voids(sub, identity.issued_at):
+                message = "token revoked: get a new token"
+                socket.send_error(ProtocolError(ErrorCode.UNAUTHENTICATED, message))
+                socket.close(CloseCode.UNAUTHENTICATED, "token revoked")
 
     async def drain(self, seconds: float, in_flight: Iterable[asyncio.Task[None]] = ()) -> None:
         """Refuse new sockets, tell every open one to reconnect (with jitter), wait up to
