@@ -29,6 +29,7 @@ from gateway.chat.replies import ChatRequest
 from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
+from gateway.http.limits import BodyLimitMiddleware
 from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.http.rest import BearerAuth
 from gateway.memory.worker import EmbeddingWorker, MemoryConfig
@@ -78,6 +79,7 @@ class Services:
             dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
             max_ttl_s=settings.max_token_ttl_s,
             issuer=settings.jwt_issuer,
+            allow_hs256=settings.jwt_allow_hs256,
         )
         self.models = make_models(settings)
         self.embedding_worker = EmbeddingWorker(
@@ -221,7 +223,10 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
     app = Starlette(
         debug=False,  # tracebacks in responses could carry patient data
         routes=services.routes(),
-        middleware=[Middleware(HttpMetricsMiddleware)],
+        middleware=[
+            Middleware(HttpMetricsMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
         lifespan=lifespan,
     )
     app.state.services = services

@@ -104,6 +104,7 @@ class Authenticator:
         max_ttl_s: float | None = None,
         issuer: str | None = None,
         revoked: RevokedSubjects | None = None,
+        allow_hs256: bool = True,
     ) -> None:
         self._secret = secret
         self._dev_token = dev_token
@@ -111,13 +112,15 @@ class Authenticator:
         self._max_ttl_s = max_ttl_s
         self._issuer = issuer
         self.revoked = revoked or RevokedSubjects()
+        # One key source at a time: with a JWKS, SECRET_KEY signs no tokens unless allowed.
+        self._hs256 = allow_hs256 or self._jwks is None
 
     async def verify(self, token: str) -> Principal:
         if self._dev_token is not None and token == self._dev_token:
             return PatientIdentity(DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
         try:
             alg = jwt.get_unverified_header(token).get("alg")
-            if alg == "HS256":
+            if alg == "HS256" and self._hs256:
                 key: Any = self._secret
             elif alg in ASYMMETRIC and self._jwks is not None:
                 # PyJWKClient fetches over blocking HTTP (cached after the first time).
@@ -141,7 +144,8 @@ class Authenticator:
             raise AuthError(f"token audience must be {AUDIENCE!r}") from None
         except jwt.PyJWKClientError:
             raise AuthError("token signing key not found") from None
-        except jwt.InvalidTokenError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            # Includes a key whose type does not fit the token's alg (InvalidKeyError).
             raise AuthError(f"invalid token: {type(exc).__name__}") from None
         if self._max_ttl_s is not None:
             issued = claims.get("iat")

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Accepted only with DEBUG=true, so a deployment that forgets SECRET_KEY refuses to start.
 DEV_SECRET_KEY = "painar-development-secret-not-for-production"
+DEV_TOKEN = "dev-token"
 
 
 class SettingsError(ValueError):
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     vector_dim: Annotated[int, Field(ge=1, le=2000)] = 1536
     debug: bool = False
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
-    dev_token: SecretStr = SecretStr("dev-token")
+    dev_token: SecretStr = SecretStr(DEV_TOKEN)
     sentry_dsn: str | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -51,11 +52,14 @@ class Settings(BaseSettings):
     # be the token's `iss`.
     max_token_ttl_s: Annotated[float, Field(ge=60)] = 86400.0
     jwt_issuer: Annotated[str, Field(min_length=1)] | None = None
+    # With JWKS_URL set, HS256 tokens (signed with SECRET_KEY) are refused unless allowed.
+    jwt_allow_hs256: bool = False
     revocation_check_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     allowed_origins: Annotated[list[str], NoDecode] = []
     auth_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 20.0
     max_frame_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024  # REST request bodies
     max_audio_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
     frames_per_s: Annotated[float, Field(gt=0)] = 100.0
     burst: Annotated[int, Field(ge=1)] = 300
@@ -128,14 +132,18 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("openai_base_url", "sentry_dsn", "jwks_url")
+    @field_validator("sentry_dsn")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL")
+        return _http_url(value)
+
+    @field_validator("openai_base_url", "jwks_url")
+    @classmethod
+    def _https_off_loopback(cls, value: str | None) -> str | None:
+        """Keys and prompts travel over these: plain http only to this machine."""
+        value = _http_url(value)
+        if value is not None and urlsplit(value).scheme == "http" and not _loopback(value):
+            raise ValueError("must be https:// (http:// only to localhost)")
         return value
 
     @field_validator("log_level")
@@ -160,6 +168,12 @@ class Settings(BaseSettings):
             raise SettingsError("SECRET_KEY: must be at least 32 characters")
         if self.db_pool_max < self.db_pool_min:
             raise SettingsError("DB_POOL_MAX: must not be below DB_POOL_MIN")
+        if self.debug and not _loopback_host(self.host):
+            if secret == DEV_SECRET_KEY or self.dev_token.get_secret_value() == DEV_TOKEN:
+                raise SettingsError(
+                    "DEBUG: on a non-loopback HOST set SECRET_KEY and DEV_TOKEN explicitly "
+                    "(the development defaults are published)"
+                )
         if self.transcription_provider == "openai" and self.offline_models:
             raise SettingsError(
                 "TRANSCRIPTION_PROVIDER: openai needs OPENAI_API_KEY or OPENAI_BASE_URL"
@@ -174,6 +188,23 @@ class Settings(BaseSettings):
     def offline_models(self) -> bool:
         """No model server configured: the offline providers answer."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+
+def _http_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _loopback_host(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def _loopback(url: str) -> bool:
+    return _loopback_host(urlsplit(url).hostname or "")
 
 
 def load_settings(**overrides: object) -> Settings:

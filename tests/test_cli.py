@@ -72,6 +72,9 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"EMBED_REST_FACTOR": "-1"}, "EMBED_REST_FACTOR"),
         ({"MAX_TOKEN_TTL_S": "10"}, "MAX_TOKEN_TTL_S"),
         ({"REVOCATION_CHECK_S": "0"}, "REVOCATION_CHECK_S"),
+        ({"OPENAI_BASE_URL": "http://10.1.2.3:8000/v1"}, "OPENAI_BASE_URL"),  # not https
+        ({"JWKS_URL": "http://id.example/jwks.json"}, "JWKS_URL"),
+        ({"MAX_BODY_BYTES": "10"}, "MAX_BODY_BYTES"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(
@@ -347,3 +350,21 @@ async def test_reembed_queues_every_live_message_again(tmp_path: Path, database_
         assert await conn.fetchval("SELECT count(*) FROM embedding_queue") == 2
     finally:
         await conn.close()
+
+
+def test_debug_on_a_reachable_address_needs_its_own_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SettingsError, match="^DEBUG: on a non-loopback HOST"):
+        load_settings(_env_file=None, debug=True, host="0.0.0.0")
+    with pytest.raises(SettingsError, match="^DEBUG: on a non-loopback HOST"):
+        load_settings(_env_file=None, debug=True, host="0.0.0.0", secret_key=TEST_SECRET)
+    explicit = load_settings(
+        _env_file=None, debug=True, host="0.0.0.0", secret_key=TEST_SECRET, dev_token="x" * 24
+    )
+    assert explicit.debug
+    assert load_settings(_env_file=None, debug=True).host == "127.0.0.1"  # just run's case
+    result = run_cli("serve", cwd=tmp_path, DEBUG="true", HOST="0.0.0.0")
+    assert result.returncode == 2 and "DEBUG: on a non-loopback HOST" in result.stderr

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import AUDIENCE
-from tests.support import Gateway, make_settings, serve_app, serve_gateway
+from tests.support import TEST_SECRET, Gateway, make_settings, serve_app, serve_gateway
 from tests.wsclient import expect_close, open_socket, recv, session
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -118,3 +118,29 @@ async def test_without_a_jwks_asymmetric_tokens_are_refused(database_url: str) -
             error = await recv(ws)
             assert "algorithm 'RS256' is not accepted" in error["error"]["message"]
             assert await expect_close(ws) == 4401
+
+
+async def test_a_token_whose_alg_does_not_fit_its_key_is_refused_with_4401(
+    gateway: Gateway,
+) -> None:
+    # Signed with the EC key as ES256, but naming the RSA key: the key type does not fit.
+    token = jwt.encode(claims(), EC_KEY, algorithm="ES256", headers={"kid": "rsa-1"})
+    async with open_socket(gateway.ws_url, token) as ws:
+        error = (await recv(ws))["error"]
+        assert error["code"] == "unauthenticated" and "invalid token" in error["message"]
+        assert await expect_close(ws) == 4401
+
+
+async def test_with_a_jwks_hs256_tokens_are_refused_unless_allowed(
+    database_url: str, jwks_url: str
+) -> None:
+    token = jwt.encode(claims(), TEST_SECRET, algorithm="HS256")
+    async with serve_gateway(make_settings(jwks_url=jwks_url), database_url) as gw:
+        async with open_socket(gw.ws_url, token) as ws:
+            error = (await recv(ws))["error"]
+            assert "algorithm 'HS256' is not accepted" in error["message"]
+            assert await expect_close(ws) == 4401
+    allowed = make_settings(jwks_url=jwks_url, jwt_allow_hs256=True)
+    async with serve_gateway(allowed, database_url) as gw:
+        async with session(gw.ws_url, token) as (_, ready):
+            assert ready["role"] == "patient"

@@ -367,3 +367,21 @@ async def test_the_sync_routes_need_a_patients_bearer_token(gateway: Gateway) ->
             wrong = await http.get("/sync/", params={"since": since}, headers=patient)
             assert wrong.status_code == 422
             assert wrong.json()["error"]["message"].startswith("since")
+
+
+async def test_a_rest_body_over_the_limit_is_refused_with_413(gateway: Gateway) -> None:
+    headers = {"Authorization": f"Bearer {patient_token()}"}
+    big = {"client_id": "x", "threads": [], "messages": [], "pad": "x" * (2 * 1024 * 1024)}
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        refused = await http.post("/sync/", json=big, headers=headers)
+        assert refused.status_code == 413
+        assert refused.json()["error"]["code"] == "too_large"
+
+        async def chunked() -> Any:
+            for _ in range(3):
+                yield b"x" * (512 * 1024)
+
+        streamed = await http.post("/sync/", content=chunked(), headers=headers)
+        assert streamed.status_code == 413
+        fine = await http.post("/sync/", json={"client_id": "x"}, headers=headers)
+        assert fine.status_code == 200
