@@ -23,8 +23,11 @@ ENV PATH=/opt/painar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000
+# Settings come from the environment; the working directory is root's and read-only to
+# the gateway, so no other user can plant a `.env` there (/tmp would let anyone).
+RUN mkdir -p /srv/painar && chmod 755 /srv/painar
 USER painar
-WORKDIR /tmp
+WORKDIR /srv/painar
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
