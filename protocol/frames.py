@@ -319,6 +319,8 @@ class SessionReady(ServerFrame):
     role: Role
     patient_id: UUID | None = None
     device_id: str | None = None
+    # The token named no device: `device_id` is this socket's own, assigned by the gateway.
+    device_id_assigned: bool | None = None
     sync_version: int | None = None
     heartbeat_s: float
     limits: Limits

@@ -9,7 +9,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import TIMEOUT_S, Gateway
+from gateway.auth import issue_token
+from tests.support import TEST_SECRET, TIMEOUT_S, Gateway
 from tests.wsclient import clinician_token, patient_token, recv, send, session
 
 
@@ -385,3 +386,58 @@ async def test_a_rest_body_over_the_limit_is_refused_with_413(gateway: Gateway) 
         assert streamed.status_code == 413
         fine = await http.post("/sync/", json={"client_id": "x"}, headers=headers)
         assert fine.status_code == 200
+
+
+async def test_two_devices_without_a_device_id_never_share_idempotency_keys(
+    gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    patient = uuid.uuid4()
+    token = issue_token(TEST_SECRET, role="patient", sub=patient)  # names no device
+    first_thread, second_thread = uuid.uuid4(), uuid.uuid4()
+    async with (
+        session(gateway.ws_url, token) as (phone, phone_ready),
+        session(gateway.ws_url, token) as (tablet, tablet_ready),
+    ):
+        for ready in (phone_ready, tablet_ready):
+            assert ready["device_id"].startswith("socket-") and ready["device_id_assigned"]
+        assert phone_ready["device_id"] != tablet_ready["device_id"]
+        await send(
+            phone, {"type": "sync.push", "id": "a", "mutations": [thread("m1", first_thread)]}
+        )
+        assert (await answer(phone))["applied"] == ["m1"]
+        # The same mutation id from the other device is another change, not a duplicate.
+        await send(
+            tablet, {"type": "sync.push", "id": "b", "mutations": [thread("m1", second_thread)]}
+        )
+        assert (await answer(tablet))["applied"] == ["m1"]
+        fresh = issue_token(TEST_SECRET, role="patient", sub=patient, ttl_s=600)
+        await send(phone, {"type": "auth", "id": "r", "token": fresh})  # same holder
+        assert await answer(phone) == {"type": "ack", "ref": "r"}
+    stored = await db.fetchval(
+        "SELECT count(*) FROM threads WHERE id = ANY($1::uuid[])", [first_thread, second_thread]
+    )
+    assert stored == 2
+
+
+async def test_rest_posts_without_a_key_always_apply_and_with_one_are_idempotent(
+    gateway: Gateway,
+) -> None:
+    patient, thread_id = uuid.uuid4(), uuid.uuid4()
+    headers = {"Authorization": f"Bearer {patient_token(patient, 'phone')}"}
+
+    def titled(title: str) -> dict[str, Any]:
+        return {
+            "client_id": "app",
+            "threads": [{"id": str(thread_id), "operation": "update", "title": title}],
+        }
+
+    async with httpx.AsyncClient(base_url=gateway.url, headers=headers) as http:
+        for title in ("A", "B", "A"):  # A -> B -> A, no timestamps, no key: all apply
+            body = (await http.post("/sync/", json=titled(title))).json()
+            assert len(body["applied"]) == 1
+        pulled = (await http.get("/sync/")).json()
+        assert pulled["changes"][-1]["data"]["title"] == "A"
+        keyed = {**headers, "Idempotency-Key": "retry-7"}
+        first = (await http.post("/sync/", json=titled("C"), headers=keyed)).json()
+        again = (await http.post("/sync/", json=titled("C"), headers=keyed)).json()
+        assert len(first["applied"]) == 1 and again["duplicates"] == first["applied"]

@@ -3,7 +3,7 @@ for the same holder, which keeps the socket open past the old token's expiry."""
 
 from __future__ import annotations
 
-from gateway.auth import AdminIdentity, Authenticator, AuthError, Identity, same_holder
+from gateway.auth import AdminIdentity, Authenticator, AuthError, Identity
 from gateway.realtime.router import Peer, Router
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
@@ -24,11 +24,10 @@ class Reauthentication:
         except AuthError as exc:  # the socket keeps its current token until it expires
             peer.send_error(ProtocolError(ErrorCode.UNAUTHENTICATED, str(exc), frame.id))
             return
-        if isinstance(holder, AdminIdentity) or not same_holder(holder, peer.identity):
+        if isinstance(holder, AdminIdentity) or not peer.renew(holder):
             message = "token: names another holder than this socket's"
             peer.send_error(ProtocolError(ErrorCode.FORBIDDEN, message, frame.id))
             return
-        peer.renew(holder)
         if frame.id is not None:
             peer.send(Ack(ref=frame.id))
 

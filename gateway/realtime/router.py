@@ -55,8 +55,9 @@ class Peer(Protocol[IdentityT]):
     def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run `cleanup` when the socket ends (for state a feature keeps per socket)."""
 
-    def renew(self, identity: Identity) -> None:
-        """The same holder with a fresh token: the socket now lasts until its expiry."""
+    def renew(self, identity: Identity) -> bool:
+        """A fresh token: if it names this socket's holder, the socket now lasts until its
+        expiry (True); else nothing changes (False)."""
 
     def report_refusal(self, frame: ClientFrame, error: ProtocolError) -> None:
         """A handler refused part or all of `frame` as `forbidden` (another patient's

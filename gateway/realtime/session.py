@@ -15,12 +15,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
 from starlette.websockets import WebSocket
 
-from gateway.auth import Identity, PatientIdentity
+from gateway.auth import Identity, PatientIdentity, same_holder
 from gateway.realtime.hub import patient_topic
 from gateway.realtime.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
 from gateway.realtime.outbox import Outbox, Send
@@ -45,6 +46,13 @@ class Session:
     ) -> None:
         self._id = uuid.uuid4()
         self.ws = ws
+        # A patient's socket always has a device id: its idempotency keys are the device's.
+        # A token without one gets this socket's own (session.ready says so).
+        self._token_identity = identity
+        self._assigned_device: str | None = None
+        if isinstance(identity, PatientIdentity) and identity.device_id is None:
+            self._assigned_device = f"socket-{self._id}"
+            identity = replace(identity, device_id=self._assigned_device)
         self._identity = identity
         self.realtime = realtime
         # A patient's devices listen on the patient's topic.
@@ -137,9 +145,15 @@ class Session:
     def report_refusal(self, frame: ClientFrame, error: ProtocolError) -> None:
         self.realtime.router.refused(self, frame, error)
 
-    def renew(self, identity: Identity) -> None:
+    def renew(self, identity: Identity) -> bool:
+        if not same_holder(identity, self._token_identity):
+            return False
+        self._token_identity = identity
+        if self._assigned_device is not None:
+            identity = replace(identity, device_id=self._assigned_device)
         self._identity = identity
         self._expire_at(identity.expires_at)
+        return True
 
     def _expire_at(self, expires_at: float | None) -> None:
         """Close the socket when its token expires (a fresh `auth` frame moves this)."""
@@ -215,6 +229,7 @@ class Session:
                 role=self.identity.role,
                 patient_id=patient.patient_id if patient is not None else None,
                 device_id=self.identity.device_id,
+                device_id_assigned=True if self._assigned_device else None,
                 sync_version=sync_version,
                 heartbeat_s=realtime.config.heartbeat_s,
                 limits=realtime.config.limits,

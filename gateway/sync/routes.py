@@ -2,15 +2,18 @@
 
 `POST /sync/` takes the original payload (`threads` and `messages`, each item with an
 `operation` insert/update/delete, plus `client_id` and `sync_timestamp`). Each item
-becomes a mutation whose id is derived from the item itself, so a retried POST is
-recognised and not applied twice. `GET /sync/?since=V&limit=N` returns the changes after
-version V. Both need `Authorization: Bearer <token>` of a patient.
+becomes a mutation whose id is the request's key (its `Idempotency-Key` header, else
+`client_id` with `sync_timestamp`) and the item's position, so a retried POST is
+recognised and not applied twice; a request with neither always applies.
+`GET /sync/?since=V&limit=N` returns the changes after version V. Both need
+`Authorization: Bearer <token>` of a patient.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -98,8 +101,10 @@ class SyncRoutes:
         if isinstance(payload, JSONResponse):
             return payload
         device = identity.device_id or payload.client_id
-        mutations = [_mutation(payload, "thread", t) for t in payload.threads]
-        mutations += [_mutation(payload, "message", m) for m in payload.messages]
+        key = _request_key(request, payload)
+        items: list[tuple[str, LegacyItem]] = [("thread", t) for t in payload.threads]
+        items += [("message", m) for m in payload.messages]
+        mutations = [_mutation(key, n, entity, item) for n, (entity, item) in enumerate(items)]
         result = await self.service.push(identity.patient_id, device, mutations, origin=received)
         if any(r.code == ErrorCode.FORBIDDEN for r in result.rejected):
             self.auth.refused(identity, "POST sync")  # another patient's data
@@ -130,17 +135,13 @@ class SyncRoutes:
         )
 
 
-def _mutation(payload: LegacySync, entity: str, item: LegacyItem) -> dict[str, Any]:
+def _mutation(key: str | None, position: int, entity: str, item: LegacyItem) -> dict[str, Any]:
     fields = item.model_dump(mode="json", exclude={"operation"}, exclude_none=True)
-    # Same item, same request -> same id: a retried POST is a duplicate, not a second write.
-    digest = hashlib.sha256(
-        orjson.dumps(
-            [payload.client_id, payload.sync_timestamp, entity, item.operation, fields],
-            option=orjson.OPT_SORT_KEYS,
-        )
-    ).hexdigest()[:32]
     mutation: dict[str, Any] = {
-        "mutation_id": f"rest:{digest}",
+        # The request's own key and the item's place in it: a retried POST is a duplicate;
+        # without a key each POST applies (an upsert of unchanged content changes nothing
+        # but the version).
+        "mutation_id": f"rest:{key}:{position}" if key else f"rest:{uuid.uuid4()}",
         "entity": entity,
         "id": fields.pop("id"),
     }
@@ -149,3 +150,16 @@ def _mutation(payload: LegacySync, entity: str, item: LegacyItem) -> dict[str, A
     else:
         mutation.update(op="upsert", data=fields)
     return mutation
+
+
+def _request_key(request: Request, payload: LegacySync) -> str | None:
+    """What names this request across retries: its Idempotency-Key header, else the
+    client's id with its sync_timestamp; None when it has neither."""
+    given = request.headers.get("idempotency-key")
+    if given:
+        material: list[Any] = ["header", given]
+    elif payload.sync_timestamp is not None:
+        material = ["timestamp", payload.client_id, payload.sync_timestamp]
+    else:
+        return None
+    return hashlib.sha256(orjson.dumps(material)).hexdigest()[:32]
