@@ -85,7 +85,10 @@ class Receiver:
 
 
 async def run(dsn: str, redis_url: str) -> None:
-    async with gateways(2, dsn, redis_url) as [(pid_a, port_a), (pid_b, port_b)]:
+    # (b) keeps WINDOW pushes in flight per device: more than a patient may have written
+    # at once by default (MAX_WRITES_PER_PATIENT), so the cap is raised to the window.
+    env = {"MAX_WRITES_PER_PATIENT": str(WINDOW)}
+    async with gateways(2, dsn, redis_url, **env) as [(pid_a, port_a), (pid_b, port_b)]:
         pushers, receivers = [], []
         for _ in range(PATIENTS):
             patient = uuid.uuid4()

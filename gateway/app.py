@@ -13,6 +13,8 @@ from uuid import UUID
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -31,7 +33,7 @@ from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
 from gateway.http.limits import BodyLimitMiddleware
 from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
-from gateway.http.rest import BearerAuth
+from gateway.http.rest import BearerAuth, error_response
 from gateway.memory.worker import EmbeddingWorker, MemoryConfig
 from gateway.observe import handlers as observe_handlers
 from gateway.observe.audit import AuditLog
@@ -56,7 +58,7 @@ from gateway.sync.routes import SyncRoutes
 from gateway.sync.service import SyncService
 from gateway.sync.writes import ChangeWriter
 from protocol.codec import ProtocolError
-from storage.database import Database
+from storage.database import Database, PoolExhausted
 
 
 class Services:
@@ -65,7 +67,10 @@ class Services:
     def __init__(self, settings: Settings, database_url: str) -> None:
         self.settings = settings
         self.db = Database(
-            database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         url = settings.redis_url
         self.broker: Broker = RedisBroker(url) if url else MemoryBroker()
@@ -86,7 +91,7 @@ class Services:
             MemoryConfig.from_settings(settings), db=self.db, embedder=self.models.embedder
         )
         writer = ChangeWriter(self.db, self.hub)
-        self.sync = SyncService(self.db, writer)
+        self.sync = SyncService(self.db, writer, settings.max_writes_per_patient)
         self.chat = ChatService(
             ChatConfig.from_settings(settings),
             db=self.db,
@@ -223,6 +228,7 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
     app = Starlette(
         debug=False,  # tracebacks in responses could carry patient data
         routes=services.routes(),
+        exception_handlers={PoolExhausted: database_busy},
         middleware=[
             Middleware(HttpMetricsMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
@@ -231,6 +237,10 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
     )
     app.state.services = services
     return app
+
+
+async def database_busy(request: Request, exc: Exception) -> Response:
+    return error_response(503, "busy", "the database is busy; retry shortly", {"Retry-After": "1"})
 
 
 def asgi_entry(app: Starlette) -> ASGIApp:

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     drain_seconds: Annotated[float, Field(ge=0)] = 10.0
     db_pool_min: Annotated[int, Field(ge=1)] = 1
     db_pool_max: Annotated[int, Field(ge=1)] = 10
+    # Fair shares: waiting for a free connection ends in busy/503 after this long; one
+    # patient may have this many replies streaming and pushes being written at once.
+    db_acquire_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    max_replies_per_patient: Annotated[int, Field(ge=1)] = 2
+    max_writes_per_patient: Annotated[int, Field(ge=1)] = 4
     # Chat: retrieval, prompt, the upstream's timeouts and retries, delta coalescing.
     retrieval_k: Annotated[int, Field(ge=0, le=50)] = 6
     retrieval_min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.0

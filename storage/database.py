@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import orjson
-from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
+from asyncpg.pool import PoolConnectionProxy
 from pgvector.asyncpg import register_vector
 
 from storage.migrations import MigrationError, migrate
@@ -64,13 +66,26 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Poo
     return pool
 
 
+class PoolExhausted(Exception):
+    """No connection became free within the acquire timeout: the database is busy (the
+    caller answers `busy`/503 and the client retries, instead of everyone waiting)."""
+
+
 class Database:
     """The gateway's pool, made at start-up: what uses the database is built before the
     event loop runs (an asyncpg pool belongs to the loop it was made in)."""
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        acquire_timeout_s: float | None = None,
+    ) -> None:
         self._dsn = dsn
         self._sizes = (min_size, max_size)
+        self._acquire_timeout_s = acquire_timeout_s
         self._pool: Pool | None = None
 
     async def open(self) -> None:
@@ -81,11 +96,20 @@ class Database:
         if self._pool is not None:
             await self._pool.close()
 
-    def acquire(self) -> PoolAcquireContext[asyncpg.Record]:
-        """A connection for `async with`; back to the pool on the way out."""
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
+        """A connection for `async with`, back to the pool on the way out; PoolExhausted
+        when none is free within the acquire timeout."""
         if self._pool is None:
             raise RuntimeError("the database is not open")
-        return self._pool.acquire()
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+        except TimeoutError:
+            raise PoolExhausted from None
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn)
 
     async def ping(self) -> None:
         async with self.acquire() as conn:

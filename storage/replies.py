@@ -22,6 +22,7 @@ ThreadState = Literal["mine", "missing", "other_patient", "deleted"]
 class Claim:
     granted: bool
     thread: ThreadState
+    at_limit: bool = False  # refused: the patient has `max_live` replies streaming elsewhere
 
 
 @dataclass(frozen=True)
@@ -32,27 +33,39 @@ class StoredTurn:
 
 
 async def claim_reply(
-    conn: Connection, patient_id: UUID, thread_id: UUID, response_id: UUID, lease_s: float
+    conn: Connection,
+    patient_id: UUID,
+    thread_id: UUID,
+    response_id: UUID,
+    lease_s: float,
+    max_live: int = 1_000_000,
 ) -> Claim:
-    """Take the thread's reply lease for `response_id` unless a live one is held, and say
-    whose thread it is. One round trip."""
+    """Take the thread's reply lease for `response_id` unless a live one is held or the
+    patient has `max_live` replies streaming in other threads, and say whose thread it
+    is. One round trip. (Two claims at the same moment may both pass the count: the cap
+    bounds a flood, it is not exact.)"""
     row = await conn.fetchrow(
         """
-        WITH lease AS (
+        WITH live AS (
+            SELECT count(*) AS n FROM reply_leases
+            WHERE patient_id = $1 AND thread_id <> $2 AND expires_at > now()
+        ), lease AS (
             INSERT INTO reply_leases AS l (patient_id, thread_id, response_id, expires_at)
-            VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+            SELECT $1, $2, $3, now() + make_interval(secs => $4) FROM live WHERE live.n < $5
             ON CONFLICT (patient_id, thread_id) DO UPDATE
                 SET response_id = EXCLUDED.response_id, expires_at = EXCLUDED.expires_at
                 WHERE l.expires_at < now()
             RETURNING 1
         )
-        SELECT EXISTS (SELECT 1 FROM lease) AS granted, t.patient_id, t.deleted
+        SELECT EXISTS (SELECT 1 FROM lease) AS granted, (SELECT n FROM live) >= $5 AS at_limit,
+               t.patient_id, t.deleted
         FROM (SELECT 1) one LEFT JOIN threads t ON t.id = $2
         """,
         patient_id,
         thread_id,
         response_id,
         lease_s,
+        max_live,
     )
     assert row is not None
     thread: ThreadState
@@ -64,7 +77,7 @@ async def claim_reply(
         thread = "deleted"
     else:
         thread = "mine"
-    return Claim(granted=row["granted"], thread=thread)
+    return Claim(granted=row["granted"], thread=thread, at_limit=row["at_limit"])
 
 
 async def renew_reply(conn: Connection, response_id: UUID, lease_s: float) -> None:

@@ -75,6 +75,9 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"OPENAI_BASE_URL": "http://10.1.2.3:8000/v1"}, "OPENAI_BASE_URL"),  # not https
         ({"JWKS_URL": "http://id.example/jwks.json"}, "JWKS_URL"),
         ({"MAX_BODY_BYTES": "10"}, "MAX_BODY_BYTES"),
+        ({"DB_ACQUIRE_TIMEOUT_S": "0"}, "DB_ACQUIRE_TIMEOUT_S"),
+        ({"MAX_REPLIES_PER_PATIENT": "0"}, "MAX_REPLIES_PER_PATIENT"),
+        ({"MAX_WRITES_PER_PATIENT": "0"}, "MAX_WRITES_PER_PATIENT"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

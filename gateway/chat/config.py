@@ -14,6 +14,7 @@ from storage.memories import exact_limit_for
 class ChatConfig:
     coalesce_s: float
     reply_lease_s: float
+    max_replies_per_patient: int
     retrieval_k: int
     retrieval_min_similarity: float
     exact_limit: int  # up to how many memories a patient's retrieval is an exact scan
@@ -34,6 +35,7 @@ class ChatConfig:
         return cls(
             coalesce_s=settings.chat_coalesce_ms / 1000,
             reply_lease_s=settings.reply_lease_s,
+            max_replies_per_patient=settings.max_replies_per_patient,
             retrieval_k=settings.retrieval_k,
             retrieval_min_similarity=settings.retrieval_min_similarity,
             exact_limit=exact_limit_for(settings.vector_dim) if configured is None else configured,

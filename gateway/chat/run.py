@@ -120,14 +120,17 @@ class ReplyRun:
         config, reply = self.config, self.reply
         request = reply.request
         assert reply.embedding is not None
+        # No connection is held while the embedding call is on its way (a slow model
+        # server must not take the pool from every other patient).
         async with self.db.acquire() as conn:
             recent = await recent_turns(
                 conn, request.thread_id, before=reply.message_id, limit=RECENT_TURNS
             )
-            vector = await reply.embedding
-            memories = []
-            if vector is not None and config.retrieval_k > 0:
-                started = time.perf_counter()
+        vector = await reply.embedding
+        memories = []
+        if vector is not None and config.retrieval_k > 0:
+            started = time.perf_counter()
+            async with self.db.acquire() as conn:
                 memories = await nearest_memories(
                     conn,
                     request.patient_id,
@@ -138,7 +141,7 @@ class ReplyRun:
                     exclude=[reply.message_id, *(turn.id for turn in recent)],
                     exact_limit=config.exact_limit,
                 )
-                RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
+            RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
         messages = build_messages(
             request.text,
             memories=memories,

@@ -71,9 +71,14 @@ class ChatService:
         reply = Reply(request, message_id, self.config.coalesce_s)
         async with self.db.acquire() as conn:
             claim = await claim_reply(
-                conn, request.patient_id, request.thread_id, reply.id, self.config.reply_lease_s
+                conn,
+                request.patient_id,
+                request.thread_id,
+                reply.id,
+                self.config.reply_lease_s,
+                self.config.max_replies_per_patient,
             )
-        refusal = _refusal(claim.thread, claim.granted)
+        refusal = _refusal(claim.thread, claim.granted, claim.at_limit)
         if refusal is not None:
             if claim.granted:
                 await self._run(reply).release_lease()
@@ -174,13 +179,19 @@ class ChatService:
         return uuid5(self.config.message_ids, key)
 
 
-def _refusal(thread: str, granted: bool) -> ProtocolError | None:
+def _refusal(thread: str, granted: bool, at_limit: bool) -> ProtocolError | None:
     if thread == "other_patient":
         return ProtocolError(
             ErrorCode.FORBIDDEN, "thread_id: the thread belongs to another patient"
         )
     if thread == "deleted":
         return ProtocolError(ErrorCode.CONFLICT, "thread_id: the thread was deleted")
+    if not granted and at_limit:
+        return ProtocolError(
+            ErrorCode.BUSY,
+            "patient_id: as many replies as allowed are streaming for this patient",
+            retryable=True,
+        )
     if not granted:
         return ProtocolError(
             ErrorCode.BUSY, "thread_id: a reply is already streaming in this thread", retryable=True

@@ -31,6 +31,7 @@ from gateway.realtime.service import RealtimeService
 from protocol.codec import ProtocolError, decode_audio_frame, decode_client_frame, encode
 from protocol.codes import CloseCode, ErrorCode
 from protocol.frames import ClientFrame, ServerFrame, SessionReady, SyncVersion
+from storage.database import PoolExhausted
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +284,14 @@ class Session:
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         FRAMES_IN.labels(frame.type).inc()
+        ref: str | None = getattr(frame, "id", None)
         try:
             await self.realtime.router.dispatch(self, frame)
+        except PoolExhausted:
+            message = "the database is busy; retry shortly"
+            self.send_error(ProtocolError(ErrorCode.BUSY, message, ref, retryable=True))
         except Exception as exc:
             log.error("handler for %s failed: %s", frame.type, type(exc).__name__, exc_info=exc)
-            ref: str | None = getattr(frame, "id", None)
             self.send_error(
                 ProtocolError(ErrorCode.INTERNAL, "internal error", ref, retryable=True)
             )

@@ -6,7 +6,7 @@ import time
 
 from gateway.auth import PatientIdentity
 from gateway.realtime.router import Peer, Router
-from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
+from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService, WritesBusy
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
 from protocol.frames import SyncAck, SyncChanges, SyncPull, SyncPush
@@ -22,9 +22,14 @@ class SyncHandlers:
 
     async def push(self, peer: Peer[PatientIdentity], frame: SyncPush) -> None:
         identity = peer.identity
-        result = await self.service.push(
-            identity.patient_id, identity.device_key, frame.mutations, origin=time.time()
-        )
+        try:
+            result = await self.service.push(
+                identity.patient_id, identity.device_key, frame.mutations, origin=time.time()
+            )
+        except WritesBusy:
+            message = "patient_id: as many pushes as allowed are being written; retry shortly"
+            peer.send_error(ProtocolError(ErrorCode.BUSY, message, frame.id, retryable=True))
+            return
         for rejected in result.rejected:
             if rejected.code == ErrorCode.FORBIDDEN:  # another patient's thread or message
                 message = "patient_id: a mutation names another patient's data"

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import PatientIdentity
 from gateway.http.rest import BearerAuth, error_response, read_body
-from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService
+from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService, WritesBusy
 from protocol.codec import describe
 from protocol.codes import ErrorCode
 from protocol.frames import (
@@ -105,7 +105,13 @@ class SyncRoutes:
         items: list[tuple[str, LegacyItem]] = [("thread", t) for t in payload.threads]
         items += [("message", m) for m in payload.messages]
         mutations = [_mutation(key, n, entity, item) for n, (entity, item) in enumerate(items)]
-        result = await self.service.push(identity.patient_id, device, mutations, origin=received)
+        try:
+            result = await self.service.push(
+                identity.patient_id, device, mutations, origin=received
+            )
+        except WritesBusy:
+            message = "patient_id: as many pushes as allowed are being written; retry shortly"
+            return error_response(429, "busy", message, {"Retry-After": "1"})
         if any(r.code == ErrorCode.FORBIDDEN for r in result.rejected):
             self.auth.refused(identity, "POST sync")  # another patient's data
         return JSONResponse(

@@ -49,10 +49,18 @@ class Pulled:
     has_more: bool
 
 
+class WritesBusy(Exception):
+    """The patient has as many pushes being written on this process as allowed: each
+    holds a connection while it waits for the patient's lock, so more would only take
+    the pool from everyone else. The client retries."""
+
+
 class SyncService:
-    def __init__(self, db: Database, writer: ChangeWriter) -> None:
+    def __init__(self, db: Database, writer: ChangeWriter, max_writes_per_patient: int) -> None:
         self.db = db
         self.writer = writer
+        self.max_writes = max_writes_per_patient
+        self._writing: dict[UUID, int] = {}
 
     async def push(
         self,
@@ -64,9 +72,20 @@ class SyncService:
     ) -> PushResult:
         parsed = [parse_mutation(raw) for raw in raw_mutations]
         valid = [p for p in parsed if isinstance(p, ValidMutation)]
-        written = await self.writer.write(
-            patient_id, [_stored(m) for m in valid], device_id=device_id, origin=origin
-        )
+        writing = self._writing.get(patient_id, 0)
+        if writing >= self.max_writes:
+            raise WritesBusy
+        self._writing[patient_id] = writing + 1
+        try:
+            written = await self.writer.write(
+                patient_id, [_stored(m) for m in valid], device_id=device_id, origin=origin
+            )
+        finally:
+            left = self._writing[patient_id] - 1
+            if left:
+                self._writing[patient_id] = left
+            else:
+                del self._writing[patient_id]
         result = PushResult(version=written.version)
         outcomes = iter(written.results)
         for mutation in parsed:
