@@ -173,3 +173,7 @@ async def bulk_memories(
         per_patient,
         dim,
     )
+    # The fixture's messages come with their memories: nothing is left to embed.
+    await conn.execute(
+        "DELETE FROM embedding_queue q USING memories m WHERE m.message_id = q.message_id"
+    )
