@@ -88,6 +88,9 @@ async def run(dsn: str, redis_url: str) -> None:
     # (b) keeps WINDOW pushes in flight per device: more than a patient may have written
     # at once by default (MAX_WRITES_PER_PATIENT), so the cap is raised to the window.
     env = {"MAX_WRITES_PER_PATIENT": str(WINDOW)}
+    # and pushes faster than one patient's frame budget allows (20 writes/s): this
+    # measures the write path's capacity, not the fair-share limits.
+    env |= {"PATIENT_FRAMES_PER_S": "1000000", "PATIENT_BURST": "1000000"}
     async with gateways(2, dsn, redis_url, **env) as [(pid_a, port_a), (pid_b, port_b)]:
         pushers, receivers = [], []
         for _ in range(PATIENTS):

@@ -31,9 +31,10 @@ from gateway.chat.replies import ChatRequest
 from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
-from gateway.http.limits import BodyLimitMiddleware
+from gateway.http.limits import BodyLimitMiddleware, RestRateLimit
 from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
 from gateway.http.rest import BearerAuth, error_response
+from gateway.jwks import JwksKeys
 from gateway.memory.worker import EmbeddingWorker, MemoryConfig
 from gateway.observe import handlers as observe_handlers
 from gateway.observe.audit import AuditLog
@@ -80,7 +81,13 @@ class Services:
         )
         self.authenticator = Authenticator(
             settings.secret_key.get_secret_value(),
-            jwks_url=settings.jwks_url,
+            jwks=JwksKeys(
+                settings.jwks_url,
+                max_age_s=settings.jwks_cache_s,
+                min_refresh_s=settings.jwks_min_refresh_s,
+            )
+            if settings.jwks_url
+            else None,
             dev_token=settings.dev_token.get_secret_value() if settings.debug else None,
             max_ttl_s=settings.max_token_ttl_s,
             issuer=settings.jwt_issuer,
@@ -91,7 +98,12 @@ class Services:
             MemoryConfig.from_settings(settings), db=self.db, embedder=self.models.embedder
         )
         writer = ChangeWriter(self.db, self.hub)
-        self.sync = SyncService(self.db, writer, settings.max_writes_per_patient)
+        self.sync = SyncService(
+            self.db,
+            writer,
+            max_writes_per_patient=settings.max_writes_per_patient,
+            page_bytes=settings.sync_page_bytes or settings.send_queue_bytes // 4,
+        )
         self.chat = ChatService(
             ChatConfig.from_settings(settings),
             db=self.db,
@@ -136,6 +148,7 @@ class Services:
             router=self.router,
             providers=self.models.providers,
             sync_version=self.sync.version,
+            resumes=self.chat.resumes.ask,
         )
         self.revocations = RevocationWatcher(
             self.db, self.authenticator.revoked, self.realtime, settings.revocation_check_s
@@ -251,10 +264,16 @@ def asgi_entry(app: Starlette) -> ASGIApp:
     if services is None:
         return app  # not a gateway (the suites serve stand-ins the same way)
 
+    settings = services.settings
+    rate_limit = RestRateLimit(settings.rest_requests_per_s, settings.rest_burst)
+
     async def entry(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:
             scope["app"] = app
             await websocket_endpoint(services.realtime, WebSocket(scope, receive, send), send)
+            return
+        if scope["type"] == "http" and not rate_limit.admits(scope):
+            await rate_limit.refuse(send)
             return
         await app(scope, receive, send)
 

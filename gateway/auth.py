@@ -8,7 +8,6 @@ source, so a public key can never be used as an HMAC secret (algorithm confusion
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass, replace
@@ -16,6 +15,8 @@ from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 import jwt
+
+from gateway.jwks import JwksKeys, SigningKeyNotFound
 
 AUDIENCE = "painar-gateway"
 TokenRole = Literal["patient", "clinician", "admin"]
@@ -99,7 +100,7 @@ class Authenticator:
         self,
         secret: str,
         *,
-        jwks_url: str | None = None,
+        jwks: JwksKeys | None = None,
         dev_token: str | None = None,
         max_ttl_s: float | None = None,
         issuer: str | None = None,
@@ -108,7 +109,7 @@ class Authenticator:
     ) -> None:
         self._secret = secret
         self._dev_token = dev_token
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._jwks = jwks
         self._max_ttl_s = max_ttl_s
         self._issuer = issuer
         self.revoked = revoked or RevokedSubjects()
@@ -119,13 +120,12 @@ class Authenticator:
         if self._dev_token is not None and token == self._dev_token:
             return PatientIdentity(DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
         try:
-            alg = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
+            alg = header.get("alg")
             if alg == "HS256" and self._hs256:
                 key: Any = self._secret
             elif alg in ASYMMETRIC and self._jwks is not None:
-                # PyJWKClient fetches over blocking HTTP (cached after the first time).
-                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-                key = signing_key.key
+                key = await self._jwks.key_for(header.get("kid"))
             else:
                 raise AuthError(f"token algorithm {str(alg)[:16]!r} is not accepted")
             claims = jwt.decode(
@@ -142,8 +142,8 @@ class Authenticator:
             raise AuthError("token issuer is not the one this gateway trusts") from None
         except jwt.InvalidAudienceError:
             raise AuthError(f"token audience must be {AUDIENCE!r}") from None
-        except jwt.PyJWKClientError:
-            raise AuthError("token signing key not found") from None
+        except SigningKeyNotFound as exc:
+            raise AuthError(str(exc)) from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             # Includes a key whose type does not fit the token's alg (InvalidKeyError).
             raise AuthError(f"invalid token: {type(exc).__name__}") from None

@@ -1,5 +1,5 @@
 """`painar-gateway` (also `python -m gateway`): serve, migrate, token, schema, care-team,
-audit."""
+audit, revoke, reembed, erase."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
-        if command in ("care-team", "audit", "reembed", "revoke"):
+        if command in ("care-team", "audit", "reembed", "revoke", "erase"):
             return _admin(settings, args)
         return _serve(settings, args)
     except (KeyboardInterrupt, Terminated):
@@ -125,7 +125,9 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
             _prepare(settings, dsn, apply=True)
             yield dsn
 
-    return _exit_code(lambda: cli_admin.run(args, migrated, settings.db_pool_max))
+    return _exit_code(
+        lambda: cli_admin.run(args, migrated, settings.db_pool_max, settings.redis_url)
+    )
 
 
 def _migrate(settings: Settings) -> int:

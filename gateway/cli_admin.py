@@ -1,6 +1,6 @@
-"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke` and `reembed`: care
-teams, the access audit trail (the admin HTTP API does the same), revoked subjects and the
-embedding queue, from the command line."""
+"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke`, `reembed` and
+`erase`: care teams, the access audit trail (the admin HTTP API does the same), revoked
+subjects, the embedding queue and erasure, from the command line."""
 
 from __future__ import annotations
 
@@ -15,10 +15,16 @@ from typing import Any
 from uuid import UUID
 
 from gateway.observe.care_team import CareTeams
+from gateway.realtime.broker.memory import MemoryBroker
+from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.hub import Hub
+from gateway.sync.writes import ChangeWriter
 from storage.audit import AuditEvent, record
 from storage.care_team import CLI_GRANTER, Grant
+from storage.changes import Mutation
 from storage.database import Database
 from storage.embedding_queue import enqueue_all
+from storage.erasure import erase_remains, live_threads
 from storage.revocations import revoke
 
 EXIT_NOT_FOUND = 3
@@ -46,6 +52,10 @@ def add_commands(commands: Any) -> None:
         "reembed", help="queue messages for embedding again (backfill, or a new model)"
     )
     reembed.add_argument("--patient", type=UUID, help="one patient's (default: everyone's)")
+    erase = commands.add_parser(
+        "erase", help="erase every thread, message and memory of a patient (devices see deletes)"
+    )
+    erase.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
     audit = commands.add_parser("audit", help="print a patient's access audit trail")
     audit.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
     audit.add_argument("--since", type=_when, help="ISO-8601 time to start from")
@@ -56,12 +66,13 @@ def run(
     args: argparse.Namespace,
     dsn_for: Callable[[], AbstractContextManager[str]],
     max_pool: int,
+    redis_url: str | None = None,
 ) -> int:
     with dsn_for() as dsn:
-        return asyncio.run(_run(args, dsn, max_pool))
+        return asyncio.run(_run(args, dsn, max_pool, redis_url))
 
 
-async def _run(args: argparse.Namespace, dsn: str, max_pool: int) -> int:
+async def _run(args: argparse.Namespace, dsn: str, max_pool: int, redis_url: str | None) -> int:
     db = Database(dsn, min_size=1, max_size=min(max_pool, 2))
     await db.open()
     try:
@@ -78,6 +89,8 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int) -> int:
                     await record(conn, [event])
             print(f"revoked every token of {args.sub} issued until {done.revoked_before}")
             return 0
+        if args.command == "erase":
+            return await _erase(db, args.patient, redis_url)
         if args.command == "reembed":
             async with db.acquire() as conn:
                 queued = await enqueue_all(conn, args.patient)
@@ -97,6 +110,29 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int) -> int:
         return 0
     finally:
         await db.close()
+
+
+async def _erase(db: Database, patient_id: UUID, redis_url: str | None) -> int:
+    """Deletes the patient's threads through the change log (published, so open devices
+    delete them at once), then blanks what remains (storage/erasure.py)."""
+    hub = Hub(RedisBroker(redis_url) if redis_url else MemoryBroker())
+    try:
+        async with db.acquire() as conn:
+            threads = await live_threads(conn, patient_id)
+        deletes = [Mutation("thread", "delete", thread_id) for thread_id in threads]
+        written = await ChangeWriter(db, hub).write(patient_id, deletes, device_id=None)
+        async with db.acquire() as conn:
+            remains = await erase_remains(conn, patient_id)
+            event = AuditEvent(CLI_GRANTER, "admin", patient_id, "erase", "allowed")
+            await record(conn, [event])
+    finally:
+        await hub.close()
+    print(
+        f"erased patient {patient_id}: {len(threads)} thread(s) deleted "
+        f"(sync version {written.version}), {remains.changes} earlier change(s) "
+        f"and {remains.messages} other message(s) blanked"
+    )
+    return 0
 
 
 async def _audit(teams: CareTeams, args: argparse.Namespace) -> int:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     jwt_issuer: Annotated[str, Field(min_length=1)] | None = None
     # With JWKS_URL set, HS256 tokens (signed with SECRET_KEY) are refused unless allowed.
     jwt_allow_hs256: bool = False
+    # Signing keys from JWKS_URL are refetched after JWKS_CACHE_S, and on a token naming
+    # an unknown kid at most once per JWKS_MIN_REFRESH_S.
+    jwks_cache_s: Annotated[float, Field(gt=0)] = 300.0
+    jwks_min_refresh_s: Annotated[float, Field(ge=0)] = 30.0
     revocation_check_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     allowed_origins: Annotated[list[str], NoDecode] = []
     auth_timeout_s: Annotated[float, Field(gt=0)] = 5.0
@@ -65,6 +69,8 @@ class Settings(BaseSettings):
     burst: Annotated[int, Field(ge=1)] = 300
     send_queue_frames: Annotated[int, Field(ge=1)] = 1000
     send_queue_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # A pulled page's JSON stays under this (unset: a quarter of SEND_QUEUE_BYTES).
+    sync_page_bytes: Annotated[int, Field(ge=1024)] | None = None
     drain_seconds: Annotated[float, Field(ge=0)] = 10.0
     db_pool_min: Annotated[int, Field(ge=1)] = 1
     db_pool_max: Annotated[int, Field(ge=1)] = 10
@@ -73,6 +79,15 @@ class Settings(BaseSettings):
     db_acquire_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     max_replies_per_patient: Annotated[int, Field(ge=1)] = 2
     max_writes_per_patient: Annotated[int, Field(ge=1)] = 4
+    # A patient's sockets on all processes (devices; observers are not counted), and
+    # the REST requests one token's subject may make per second (and at once).
+    max_sockets_per_patient: Annotated[int, Field(ge=1)] = 10
+    # Frames all of one patient's sockets on a process may send (FRAMES_PER_S and BURST
+    # hold per socket): more sockets do not buy a patient more of the gateway.
+    patient_frames_per_s: Annotated[float, Field(gt=0)] = 200.0
+    patient_burst: Annotated[int, Field(ge=1)] = 300
+    rest_requests_per_s: Annotated[float, Field(gt=0)] = 10.0
+    rest_burst: Annotated[int, Field(ge=1)] = 30
     # Chat: retrieval, prompt, the upstream's timeouts and retries, delta coalescing.
     retrieval_k: Annotated[int, Field(ge=0, le=50)] = 6
     retrieval_min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.0
@@ -171,6 +186,8 @@ class Settings(BaseSettings):
             raise SettingsError("SECRET_KEY: must not be empty")
         if not self.debug and len(secret) < 32:
             raise SettingsError("SECRET_KEY: must be at least 32 characters")
+        if self.sync_page_bytes is not None and self.sync_page_bytes > self.send_queue_bytes // 2:
+            raise SettingsError("SYNC_PAGE_BYTES: must be at most half of SEND_QUEUE_BYTES")
         if self.db_pool_max < self.db_pool_min:
             raise SettingsError("DB_POOL_MAX: must not be below DB_POOL_MIN")
         if self.debug and not _loopback_host(self.host):

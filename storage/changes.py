@@ -191,20 +191,39 @@ async def current_version(conn: Connection, patient_id: UUID) -> int:
     return int(version or 0)
 
 
+# What a change adds to a page besides its data (ids, version, timestamps, keys).
+CHANGE_OVERHEAD_BYTES = 256
+
+
 async def changes_since(
-    conn: Connection, patient_id: UUID, since: int, limit: int
+    conn: Connection, patient_id: UUID, since: int, limit: int, max_bytes: int
 ) -> tuple[list[Change], bool]:
-    """The patient's changes with version > `since`, oldest first, at most `limit`;
-    the flag says whether more follow. One range scan of the change log's key."""
+    """The patient's changes with version > `since`, oldest first, at most `limit` of
+    them and, past the first, at most about `max_bytes` of JSON (a page must fit the
+    socket's send queue: 500 messages of 32,000 characters would not); the flag says
+    whether more follow. One range scan of at most `limit + 1` rows of the log."""
     rows = await conn.fetch(
         """
-        SELECT version, entity, op, entity_id, data, device_id, mutation_id, at
-        FROM changes WHERE patient_id = $1 AND version > $2
+        SELECT version, entity, op, entity_id, data, device_id, mutation_id, at, next_version
+        FROM (
+            SELECT *,
+                   sum(size) OVER w - size AS bytes_before,
+                   lead(version) OVER w AS next_version
+            FROM (
+                SELECT *, coalesce(octet_length(data::text), 0) + $5 AS size
+                FROM changes WHERE patient_id = $1 AND version > $2
+                ORDER BY version LIMIT $3 + 1
+            ) head
+            WINDOW w AS (ORDER BY version)
+        ) page
+        WHERE bytes_before = 0 OR bytes_before + size <= $4
         ORDER BY version LIMIT $3
         """,
         patient_id,
         since,
-        limit + 1,
+        limit,
+        max_bytes,
+        CHANGE_OVERHEAD_BYTES,
     )
     changes = [
         Change(
@@ -217,6 +236,6 @@ async def changes_since(
             r["mutation_id"],
             r["at"],
         )
-        for r in rows[:limit]
+        for r in rows
     ]
-    return changes, len(rows) > limit
+    return changes, bool(rows) and rows[-1]["next_version"] is not None

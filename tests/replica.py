@@ -1,8 +1,11 @@
 """A device's local replica for the sync suites: fed only by `sync.delta` and
-`sync.changes`, it fills every version gap by pulling, the way a client should."""
+`sync.changes`, it fills every version gap by pulling, and resends a push the gateway
+refused as too fast after backing off, the way a client should. A deleted entity keeps
+no content (deletes erase it on the server too)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +13,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 
 from tests.wsclient import recv, send
+
+BACKOFF_S = 0.5  # after `rate_limited` or `busy`
+ERASED_THREAD = ("", True)  # (title, deleted)
+ERASED_MESSAGE = ("", "", True)  # (thread, content, deleted)
 
 
 @dataclass
@@ -21,6 +28,7 @@ class Replica:
     messages: dict[str, tuple[str, str, bool]] = field(default_factory=dict)  # thread, content
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
     pulls: int = 0
+    refusals: int = 0  # `rate_limited` and `busy` errors received
     _pull_serial: int = 0
 
     def apply(self, change: dict[str, Any]) -> None:
@@ -33,16 +41,14 @@ class Replica:
             if change["op"] == "upsert":
                 self.threads[entity_id] = (data["title"], False)
             else:
-                title = self.threads.get(entity_id, ("", True))[0]
-                self.threads[entity_id] = (title, True)
-                for mid, (tid, content, _) in list(self.messages.items()):
+                self.threads[entity_id] = ERASED_THREAD
+                for mid, (tid, _, _) in list(self.messages.items()):
                     if tid == entity_id:  # a thread's delete takes its messages
-                        self.messages[mid] = (tid, content, True)
+                        self.messages[mid] = ERASED_MESSAGE
         elif change["op"] == "upsert":
             self.messages[entity_id] = (data["thread_id"], data["content"], False)
         else:
-            tid, content, _ = self.messages.get(entity_id, ("", "", True))
-            self.messages[entity_id] = (tid, content, True)
+            self.messages[entity_id] = ERASED_MESSAGE
 
     async def handle(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         """Apply what a frame carries; pull when it shows a gap."""
@@ -62,6 +68,8 @@ class Replica:
                 await self.catch_up(ws)
         elif kind == "sync.ack":
             self.acks[frame["ref"]] = frame
+        elif kind == "error" and frame["error"]["code"] in ("rate_limited", "busy"):
+            self.refusals += 1
 
     async def catch_up(self, ws: ClientConnection) -> None:
         """Pull until nothing more follows, handling whatever arrives meanwhile."""
@@ -69,19 +77,41 @@ class Replica:
             self._pull_serial += 1
             ref = f"{self.name}-pull-{self._pull_serial}"
             self.pulls += 1
+            refusals = self.refusals
             await send(ws, {"type": "sync.pull", "id": ref, "since": self.version})
             while True:
                 frame = await recv(ws)
                 if frame["type"] == "sync.changes" and frame["ref"] == ref:
                     break
-                if frame["type"] == "sync.ack":
-                    self.acks[frame["ref"]] = frame
+                if frame["type"] in ("sync.ack", "error"):
+                    await self.handle(ws, frame)
+                    if self.refusals != refusals:  # this pull may be the one refused
+                        break
                 # deltas arriving meanwhile are covered by this pull or the next
+            if frame["type"] != "sync.changes":
+                await asyncio.sleep(BACKOFF_S)
+                continue
             for change in frame["changes"]:
                 if change["version"] > self.version:
                     self.apply(change)
             if not frame["has_more"] and self.version >= frame["version"]:
                 return
+
+    async def push(
+        self, ws: ClientConnection, ref: str, mutations: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Push and wait for the ack; refused as too fast or busy, back off and resend
+        (the same mutation ids: a resend of what did get written is a duplicate)."""
+        # `rate_limited` names no frame (it was refused unread): any refusal after the
+        # push may be the push's, and resending is harmless.
+        while True:
+            refusals = self.refusals
+            await send(ws, {"type": "sync.push", "id": ref, "mutations": mutations})
+            while ref not in self.acks and self.refusals == refusals:
+                await self.handle(ws, await recv(ws))
+            if ref in self.acks:
+                return self.acks.pop(ref)
+            await asyncio.sleep(BACKOFF_S)
 
     async def until_ack(self, ws: ClientConnection, ref: str) -> dict[str, Any]:
         while ref not in self.acks:

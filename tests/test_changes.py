@@ -129,7 +129,7 @@ async def test_applied_changes_carry_the_entity_state(db: asyncpg.Connection) ->
     assert message_change.data["thread_id"] == str(thread.id)
     assert message_change.data["device_id"] == "headset"
     assert (message_change.device_id, message_change.mutation_id) == ("headset", "x")
-    stored, _ = await changes_since(db, patient, 0, 10)
+    stored, _ = await changes_since(db, patient, 0, 10, 1 << 20)
     assert stored == result.changes
 
 
@@ -204,17 +204,30 @@ async def test_deleting_a_thread_deletes_its_messages_and_their_memories(
     assert await db.fetchval("SELECT count(*) FROM memories") == 0
 
 
+async def test_a_page_is_bounded_by_bytes_and_never_empty(db: asyncpg.Connection) -> None:
+    patient = uuid.uuid4()
+    await apply_mutations(db, patient, [new_thread("x" * 10_000) for _ in range(5)])
+    page, more = await changes_since(db, patient, 0, 500, 25_000)
+    assert [c.version for c in page] == [1, 2] and more
+    page, more = await changes_since(db, patient, 2, 500, 25_000)
+    assert [c.version for c in page] == [3, 4] and more
+    page, more = await changes_since(db, patient, 4, 500, 25_000)
+    assert [c.version for c in page] == [5] and not more
+    page, more = await changes_since(db, patient, 0, 500, 100)  # one change over the bound
+    assert [c.version for c in page] == [1] and more
+
+
 async def test_changes_since_pages_with_has_more_over_the_key_index(
     db: asyncpg.Connection,
 ) -> None:
     patient = uuid.uuid4()
     await apply_mutations(db, patient, [new_thread(str(i)) for i in range(5)])
     await apply_mutations(db, uuid.uuid4(), [new_thread()])
-    page, more = await changes_since(db, patient, 0, 2)
+    page, more = await changes_since(db, patient, 0, 2, 1 << 20)
     assert [c.version for c in page] == [1, 2] and more
-    page, more = await changes_since(db, patient, 2, 3)
+    page, more = await changes_since(db, patient, 2, 3, 1 << 20)
     assert [c.version for c in page] == [3, 4, 5] and not more
-    page, more = await changes_since(db, patient, 5, 3)
+    page, more = await changes_since(db, patient, 5, 3, 1 << 20)
     assert page == [] and not more
     plan = await db.fetch(
         "EXPLAIN (FORMAT TEXT) SELECT * FROM changes WHERE patient_id = $1 AND version > $2 "

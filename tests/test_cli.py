@@ -78,6 +78,15 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"DB_ACQUIRE_TIMEOUT_S": "0"}, "DB_ACQUIRE_TIMEOUT_S"),
         ({"MAX_REPLIES_PER_PATIENT": "0"}, "MAX_REPLIES_PER_PATIENT"),
         ({"MAX_WRITES_PER_PATIENT": "0"}, "MAX_WRITES_PER_PATIENT"),
+        ({"MAX_SOCKETS_PER_PATIENT": "0"}, "MAX_SOCKETS_PER_PATIENT"),
+        ({"REST_REQUESTS_PER_S": "0"}, "REST_REQUESTS_PER_S"),
+        ({"REST_BURST": "0"}, "REST_BURST"),
+        ({"PATIENT_FRAMES_PER_S": "0"}, "PATIENT_FRAMES_PER_S"),
+        ({"PATIENT_BURST": "0"}, "PATIENT_BURST"),
+        ({"JWKS_CACHE_S": "0"}, "JWKS_CACHE_S"),
+        ({"JWKS_MIN_REFRESH_S": "-1"}, "JWKS_MIN_REFRESH_S"),
+        ({"SYNC_PAGE_BYTES": "10"}, "SYNC_PAGE_BYTES"),
+        ({"SYNC_PAGE_BYTES": "4194304"}, "SYNC_PAGE_BYTES"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

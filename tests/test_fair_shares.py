@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from storage.changes import patient_lock_key
 from tests.chatkit import Upstream, chat_send, slow_reply, until
-from tests.support import Gateway
+from tests.conftest import RedisServer, gateway_process
+from tests.support import Gateway, make_settings, serve_gateway
 from tests.wsclient import patient_token, recv, send, session
 
 
@@ -126,3 +129,61 @@ async def test_a_patients_concurrent_writes_are_capped(
         while (frame := await recv(tablet))["type"] != "sync.ack":
             pass
         assert frame["applied"] == ["p3"]
+
+
+async def test_a_patients_sockets_are_capped_across_processes(
+    database_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    patient = uuid.uuid4()
+    settings = make_settings(redis_url=redis_server.url, max_sockets_per_patient=3)
+    env = {"MAX_SOCKETS_PER_PATIENT": "3"}
+    async with (
+        serve_gateway(settings, database_url) as here,
+        gateway_process(database_url, redis_server.url, tmp_path / "b.log", **env) as (_, there),
+        session(here.ws_url, patient_token(patient, "headset")),
+        session(here.ws_url, patient_token(patient, "phone")) as (phone, _),
+        session(there, patient_token(patient, "tablet")),
+        session(there, patient_token(uuid.uuid4(), "other")),  # another patient's: not counted
+    ):
+        async with session(there, patient_token(patient, "fourth")) as (fourth, _):
+            error = (await recv(fourth))["error"]
+            assert error["code"] == "rate_limited" and "MAX_SOCKETS_PER_PATIENT" in error["message"]
+            with pytest.raises(ConnectionClosed) as closed:
+                await fourth.recv()
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                1008,
+                "too many sockets for this patient",
+            )
+        await phone.close()  # a place frees up: the next socket stays
+        await eventually_accepted(here.ws_url, patient_token(patient, "laptop"))
+
+
+async def eventually_accepted(ws_url: str, token: str) -> None:
+    """A socket opens and stays open (the place a closed socket left takes a moment to be
+    seen on every process)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        async with session(ws_url, token) as (ws, _):
+            await send(ws, pull("after"))
+            if (await recv(ws))["type"] == "sync.changes":
+                return
+    raise AssertionError("no socket was accepted within 5 s")
+
+
+@pytest.mark.parametrize("gateway", [{"rest_requests_per_s": 1, "rest_burst": 5}], indirect=True)
+async def test_rest_is_rate_limited_per_token(gateway: Gateway) -> None:
+    patient = uuid.uuid4()
+    flooding, calm = patient_token(patient, "phone"), patient_token(uuid.uuid4(), "tablet")
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+
+        async def get(token: str) -> httpx.Response:
+            return await http.get("/sync/", headers={"Authorization": f"Bearer {token}"})
+
+        statuses = [(await get(flooding)).status_code for _ in range(8)]
+        assert statuses == [200] * 5 + [429] * 3
+        refused = await get(flooding)
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert refused.headers["retry-after"] == "1"
+        assert (await get(calm)).status_code == 200  # another token is unaffected
+        assert (await http.get("/healthz")).status_code == 200  # no token: not counted here

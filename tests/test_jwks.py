@@ -144,3 +144,77 @@ async def test_with_a_jwks_hs256_tokens_are_refused_unless_allowed(
     async with serve_gateway(allowed, database_url) as gw:
         async with session(gw.ws_url, token) as (_, ready):
             assert ready["role"] == "patient"
+
+
+@pytest.fixture
+async def rotating_jwks() -> AsyncIterator[tuple[str, dict[str, Any], list[float]]]:
+    """A JWKS the test edits (its "keys" list) and the times it was fetched."""
+    served: dict[str, Any] = {"keys": [jwk(RSA_KEY.public_key(), RSAAlgorithm, "rsa-1", "RS256")]}
+    fetched: list[float] = []
+
+    async def serve_keys(request: Request) -> JSONResponse:
+        fetched.append(time.monotonic())
+        return JSONResponse(served)
+
+    async with serve_app(Starlette(routes=[Route("/jwks.json", serve_keys)])) as (_, url):
+        yield f"{url}/jwks.json", served, fetched
+
+
+async def test_unknown_kids_refetch_the_jwks_at_most_once_per_interval(
+    database_url: str, rotating_jwks: tuple[str, dict[str, Any], list[float]]
+) -> None:
+    url, _, fetched = rotating_jwks
+    settings = make_settings(jwks_url=url, jwks_min_refresh_s=60)
+    async with serve_gateway(settings, database_url) as gw:
+        good = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+        async with session(gw.ws_url, good) as (_, ready):
+            assert ready["role"] == "patient"
+        for n in range(20):
+            made_up = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": f"x{n}"})
+            async with open_socket(gw.ws_url, made_up) as ws:
+                assert "signing key not found" in (await recv(ws))["error"]["message"]
+                assert await expect_close(ws) == 4401
+    assert len(fetched) == 1
+
+
+async def test_a_rotated_key_is_picked_up_and_a_withdrawn_one_expires(
+    database_url: str, rotating_jwks: tuple[str, dict[str, Any], list[float]]
+) -> None:
+    url, served, fetched = rotating_jwks
+    settings = make_settings(jwks_url=url, jwks_min_refresh_s=0, jwks_cache_s=0.3)
+    old = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    async with serve_gateway(settings, database_url) as gw:
+        async with session(gw.ws_url, old):
+            pass
+        # The issuer rotates: a new key appears and the old one is withdrawn.
+        new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        served["keys"] = [jwk(new_key.public_key(), RSAAlgorithm, "rsa-2", "RS256")]
+        new = jwt.encode(claims(), new_key, algorithm="RS256", headers={"kid": "rsa-2"})
+        async with session(gw.ws_url, new) as (_, ready):
+            assert ready["role"] == "patient"
+        assert len(fetched) == 2
+        # The old key was dropped by that fetch; even without it, it would expire.
+        async with open_socket(gw.ws_url, old) as ws:
+            assert "signing key not found" in (await recv(ws))["error"]["message"]
+            assert await expect_close(ws) == 4401
+
+
+async def test_cached_keys_expire(
+    database_url: str, rotating_jwks: tuple[str, dict[str, Any], list[float]]
+) -> None:
+    url, served, fetched = rotating_jwks
+    settings = make_settings(jwks_url=url, jwks_min_refresh_s=60, jwks_cache_s=0.3)
+    token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    async with serve_gateway(settings, database_url) as gw:
+        async with session(gw.ws_url, token):
+            pass
+        served["keys"] = []  # withdrawn; the gateway learns it when its cache expires
+        deadline = time.monotonic() + 5
+        while True:
+            async with open_socket(gw.ws_url, token) as ws:
+                first = await recv(ws)
+                if first["type"] == "error":
+                    assert "signing key not found" in first["error"]["message"]
+                    break
+            assert time.monotonic() < deadline, "the withdrawn key was still accepted after 5 s"
+    assert len(fetched) >= 2

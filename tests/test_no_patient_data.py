@@ -3,6 +3,7 @@ no message text, transcript, reply or token appears in any log line or metric la
 
 from __future__ import annotations
 
+import io
 import logging
 import uuid
 
@@ -10,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway.ops.logs import quiet_libraries
+from gateway.ops.logs import line_formatter, quiet_libraries
 from protocol.codec import encode_audio_frame
 from storage.care_team import grant
 from tests.chatkit import Upstream, chat_send, until
@@ -79,10 +80,40 @@ async def test_no_patient_text_or_token_in_logs_or_metrics(
     records = [
         r for r in caplog.records if not r.name.startswith(("websockets.client", "uvicorn.access"))
     ]
-    lines = [record.getMessage() for record in records]
+    lines = [line_formatter().format(record) for record in records]
     lines += [str(record.args) for record in records if record.args]
     lines += [str(record.exc_info[1]) for record in records if record.exc_info]
     assert len(lines) > 3  # the session did log
     for secret in secrets:
         assert not [line for line in lines if secret in line], secret
         assert secret not in metrics, secret
+
+
+async def test_a_database_errors_row_values_never_reach_a_log_line(db: asyncpg.Connection) -> None:
+    """Log lines as `painar-gateway serve` writes them: the exception's type, fingerprint
+    and frames, never its text (PostgreSQL quotes the values it refused)."""
+    await db.execute("CREATE TEMP TABLE notes (body text PRIMARY KEY)")
+    await db.execute("INSERT INTO notes VALUES ('ROW-knee-4410')")
+    failures: list[BaseException] = []
+    for statement in ("INSERT INTO notes VALUES ('ROW-knee-4410')", "SELECT 'ROW-hip-5521'::int"):
+        try:
+            await db.execute(statement)
+        except asyncpg.PostgresError as exc:
+            failures.append(exc)
+    assert len(failures) == 2
+    assert "ROW-hip-5521" in str(failures[1])  # the text would leak, were it logged
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(line_formatter())
+    logger = logging.getLogger("gateway.chat.run")
+    logger.addHandler(handler)
+    try:
+        for failure in failures:
+            logger.error("storing a reply failed: %s", type(failure).__name__, exc_info=failure)
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "ROW-" not in text
+    assert "asyncpg.exceptions.UniqueViolationError (text withheld) fingerprint=" in text
+    assert "InvalidTextRepresentationError (text withheld) fingerprint=" in text
+    assert "test_no_patient_data.py" in text  # the frames are kept

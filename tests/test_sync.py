@@ -253,6 +253,45 @@ async def test_session_ready_carries_the_current_version(gateway: Gateway) -> No
         assert ready["sync_version"] == 1
 
 
+@pytest.mark.parametrize("gateway", [{"send_queue_bytes": 64 * 1024}], indirect=True)
+async def test_a_page_of_huge_messages_still_pulls(gateway: Gateway) -> None:
+    """Twelve messages of 32,000 characters are six send queues' worth: pages are cut by
+    bytes (a quarter of the queue, at least one change each), so a device still pulls
+    every one instead of being closed as a slow consumer."""
+    patient, thread_id = uuid.uuid4(), uuid.uuid4()
+    texts = [f"{n:02d}" + "y" * 31_998 for n in range(12)]
+    body = {
+        "client_id": "phone",
+        "threads": [{"id": str(thread_id), "title": "t", "operation": "insert"}],
+        "messages": [
+            {
+                "id": str(uuid.uuid4()),
+                "thread_id": str(thread_id),
+                "role": "user",
+                "content": text,
+                "operation": "insert",
+            }
+            for text in texts
+        ],
+    }
+    headers = {"Authorization": f"Bearer {patient_token(patient, 'phone')}"}
+    async with httpx.AsyncClient(base_url=gateway.url, headers=headers) as http:
+        assert (await http.post("/sync/", json=body)).status_code == 200
+    received: list[str] = []
+    async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, ready):
+        since, pages = 0, 0
+        while True:
+            await send(ws, {"type": "sync.pull", "id": f"q{pages}", "since": since})
+            page = await recv(ws)
+            assert page["type"] == "sync.changes", page
+            received += [c["data"]["content"] for c in page["changes"] if c["entity"] == "message"]
+            since, pages = page["changes"][-1]["version"], pages + 1
+            if not page["has_more"]:
+                break
+        assert since == ready["sync_version"] == 13
+    assert received == texts and pages >= 12
+
+
 # ---- the original REST routes ----------------------------------------------------------
 
 

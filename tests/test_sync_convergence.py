@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from tests.conftest import RedisServer
-from tests.replica import Replica, random_mutations
+from tests.replica import ERASED_MESSAGE, ERASED_THREAD, Replica, random_mutations
 from tests.support import TIMEOUT_S, make_settings, serve_gateway
 from tests.wsclient import patient_token, recv, send, session
 
@@ -21,14 +21,15 @@ MUTATIONS_PER_DEVICE = 300
 async def database_state(
     db: asyncpg.Connection, patient: uuid.UUID
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    # A deleted row is a tombstone: its content is erased (sql/0008_erasure.sql).
     threads = {
-        str(r["id"]): (r["title"], r["deleted"])
+        str(r["id"]): ERASED_THREAD if r["deleted"] else (r["title"], False)
         for r in await db.fetch(
             "SELECT id, title, deleted FROM threads WHERE patient_id = $1", patient
         )
     }
     messages = {
-        str(r["id"]): (str(r["thread_id"]), r["content"], r["deleted"])
+        str(r["id"]): ERASED_MESSAGE if r["deleted"] else (str(r["thread_id"]), r["content"], False)
         for r in await db.fetch(
             "SELECT id, thread_id, content, deleted FROM messages WHERE patient_id = $1", patient
         )
@@ -60,8 +61,7 @@ async def test_three_devices_on_two_processes_converge(
                         batch = random_mutations(rng, replica, replica.name, serial)
                         batch = batch[: MUTATIONS_PER_DEVICE - made]
                         ref = f"{replica.name}-push-{serial}"
-                        await send(ws, {"type": "sync.push", "id": ref, "mutations": batch})
-                        ack = await replica.until_ack(ws, ref)
+                        ack = await replica.push(ws, ref, batch)
                         assert ack["type"] == "sync.ack"
                         made += len(batch)
             # the last word: reconnect and catch up with everything

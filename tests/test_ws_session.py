@@ -274,9 +274,37 @@ async def test_the_rate_limit_answers_rate_limited_then_closes_with_1008(
         await send(ws, {"type": "ping"})
         error = (await recv(ws))["error"]
         assert error["code"] == "rate_limited" and error["retryable"] is True
-        for _ in range(10):
+        for _ in range(50):  # 51 refusals without a pause: not backing off
             await send(ws, {"type": "ping"})
         assert await expect_close(ws) == 1008
+
+
+@settings_for(patient_frames_per_s=1, patient_burst=25)
+async def test_a_patients_sockets_share_one_frame_budget_and_writes_cost_more(
+    gateway: Gateway,
+) -> None:
+    patient = uuid.uuid4()
+    async with (
+        session(gateway.ws_url, patient_token(patient, "phone")) as (phone, _),
+        session(gateway.ws_url, patient_token(patient, "tablet")) as (tablet, _),
+        session(gateway.ws_url, patient_token()) as (someone_else, _),
+    ):
+        thread = {"mutation_id": "m", "entity": "thread", "op": "upsert", "data": {"title": "t"}}
+        push = {"type": "sync.push", "id": "p1", "mutations": [{**thread, "id": str(patient)}]}
+        await send(phone, push)  # a write: 10 of the 25
+        while (frame := await recv(phone))["type"] == "sync.delta":
+            pass
+        assert frame["type"] == "sync.ack"
+        for i in range(14):  # 14 pings: 24 used
+            await send(tablet, {"type": "ping", "ts": i})
+            assert (await recv(tablet, skip=("presence", "sync.delta")))["type"] == "pong"
+        await send(phone, {**push, "id": "p2"})  # needs 10, 1 left: refused
+        error = (await recv(phone))["error"]
+        assert error["code"] == "rate_limited" and "this patient's sockets" in error["message"]
+        await send(someone_else, {**push, "mutations": [{**thread, "id": str(uuid.uuid4())}]})
+        while (frame := await recv(someone_else))["type"] == "sync.delta":
+            pass  # another patient has a budget of their own
+        assert frame["type"] == "sync.ack"
 
 
 @settings_for(allowed_origins=["https://app.painar.example"])

@@ -1,11 +1,54 @@
-"""A size limit on HTTP request bodies (MAX_BODY_BYTES): larger ones are answered 413
-before the route reads them (by Content-Length), or as soon as a chunked body passes it."""
+"""Limits on HTTP requests: a rate per bearer token (REST_REQUESTS_PER_S, REST_BURST;
+429 past it, decided before the token is even verified, so refusing costs little) and a
+size limit on bodies (MAX_BODY_BYTES): larger ones are answered 413 before the route reads
+them (by Content-Length), or as soon as a chunked body passes it."""
 
 from __future__ import annotations
 
+import orjson
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.http.rest import error_response
+from gateway.ratelimit import KeyedBuckets
+
+HTTP_RATE_LIMITED = Counter(
+    "http_rate_limited_total", "HTTP requests refused (429) by the per-token rate limit"
+)
+
+
+class RestRateLimit:
+    """Requests that carry `Authorization` draw from that token's bucket; health, metrics
+    and other unauthenticated routes are not limited here. Checked by the server's entry
+    point before any middleware or routing runs, and answered with a body encoded once:
+    a flood of refused requests costs little more than parsing them."""
+
+    def __init__(self, per_s: float, burst: int) -> None:
+        self.budgets = KeyedBuckets(per_s, burst)
+        body = orjson.dumps(
+            {"error": {"code": "rate_limited", "message": "too many requests with this token"}}
+        )
+        self._start: Message = {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+        self._body: Message = {"type": "http.response.body", "body": body}
+
+    def admits(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return self.budgets.take(value)
+        return True
+
+    async def refuse(self, send: Send) -> None:
+        HTTP_RATE_LIMITED.inc()
+        await send(self._start)
+        await send(self._body)
 
 
 class BodyTooLarge(Exception):

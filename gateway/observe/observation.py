@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import orjson
 
 from gateway.auth import ClinicianIdentity
+from gateway.realtime.catchup import already_resumed, resumed_through
 from gateway.realtime.router import Peer
 from protocol.frames import ChatResume, SyncVersion
 
@@ -43,18 +43,14 @@ class Observation:
     def release(self, snapshot_version: int, resumes: list[ChatResume]) -> None:
         """Send what was held, less what the snapshot and the resumes already hold."""
         held, self.held = self.held or [], None
-        resumed = {str(r.response_id): r.seq for r in resumes}
+        resumed = resumed_through(resumes)
         for text in held:
-            if _already_sent(text, snapshot_version, resumed):
+            if _in_snapshot(text, snapshot_version) or already_resumed(text, resumed):
                 continue
             self.peer.deliver(text)
 
 
-def _already_sent(text: str, snapshot_version: int, resumed: dict[str, int]) -> bool:
+def _in_snapshot(text: str, snapshot_version: int) -> bool:
     if text.startswith('{"type":"sync.delta"'):
         return int(orjson.loads(text)["version"]) <= snapshot_version
-    if text.startswith('{"type":"chat.delta"') and resumed:
-        frame: dict[str, Any] = orjson.loads(text)
-        seq = resumed.get(frame["response_id"])
-        return seq is not None and frame["seq"] <= seq
     return False

@@ -8,8 +8,11 @@ requests instead. Libraries that log request contents are held at WARNING.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
+import traceback
+from types import TracebackType
 
 # Libraries that log what passes through them at DEBUG or INFO: request options with the
 # prompt (openai), request and response lines and headers (httpx, httpcore), frames
@@ -33,11 +36,49 @@ CHATTY_LIBRARIES = (
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(line_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     quiet_libraries()
+
+
+def line_formatter() -> logging.Formatter:
+    return WithheldExceptionText("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class WithheldExceptionText(logging.Formatter):
+    """Formats an exception as its type, a fingerprint and the frames it passed, never
+    its text: a database error's message carries row values (`Key (content)=(...)`), a
+    decoding error the bytes it choked on. The fingerprint (type and frames) groups
+    repeats of one fault across lines and processes."""
+
+    def formatException(self, ei: ExcInfo | tuple[None, None, None]) -> str:  # noqa: N802
+        exc = ei[1]
+        if exc is None:
+            return ""
+        lines: list[str] = []
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            lines.append(exception_summary(current))
+            frames = traceback.extract_tb(current.__traceback__)
+            lines += [f'  File "{f.filename}", line {f.lineno}, in {f.name}' for f in frames]
+            current = current.__cause__ or current.__context__
+        return "\n".join(lines)
+
+
+def exception_summary(exc: BaseException) -> str:
+    """`<module.Type> (text withheld) fingerprint=<12 hex>`."""
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = "|".join(f"{f.filename}:{f.lineno}:{f.name}" for f in frames)
+    fingerprint = hashlib.sha256(f"{kind}|{where}".encode()).hexdigest()[:12]
+    return f"{kind} (text withheld) fingerprint={fingerprint}"
 
 
 def quiet_libraries() -> None:

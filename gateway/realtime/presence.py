@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 import orjson
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gateway.realtime.broker.redis import redis_client
@@ -44,7 +45,9 @@ class Member:
 
 
 class PresenceStore(Protocol):
-    async def add(self, patient_id: UUID, member: Member) -> None: ...
+    async def add(self, patient_id: UUID, member: Member) -> list[Member]:
+        """Adds the member; the patient's members, it included."""
+        ...
 
     async def remove(self, patient_id: UUID, session_id: str) -> None: ...
 
@@ -59,8 +62,10 @@ class MemoryPresenceStore:
     def __init__(self) -> None:
         self._members: dict[UUID, dict[str, Member]] = {}
 
-    async def add(self, patient_id: UUID, member: Member) -> None:
-        self._members.setdefault(patient_id, {})[member.session_id] = member
+    async def add(self, patient_id: UUID, member: Member) -> list[Member]:
+        members = self._members.setdefault(patient_id, {})
+        members[member.session_id] = member
+        return list(members.values())
 
     async def remove(self, patient_id: UUID, session_id: str) -> None:
         members = self._members.get(patient_id)
@@ -87,14 +92,23 @@ class RedisPresenceStore:
     def _key(patient_id: UUID) -> str:
         return f"painar:presence:{patient_id}"
 
-    async def add(self, patient_id: UUID, member: Member) -> None:
-        await self.renew(patient_id, [member])
+    async def add(self, patient_id: UUID, member: Member) -> list[Member]:
+        key = self._key(patient_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self._write(pipe, key, [member])
+            pipe.hgetall(key)
+            *_, raw = await pipe.execute()
+        return await self._live(key, raw)
 
     async def remove(self, patient_id: UUID, session_id: str) -> None:
         await self._redis.hdel(self._key(patient_id), session_id)
 
     async def members(self, patient_id: UUID) -> list[Member]:
-        raw = await self._redis.hgetall(self._key(patient_id))
+        key = self._key(patient_id)
+        return await self._live(key, await self._redis.hgetall(key))
+
+    async def _live(self, key: str, raw: dict[Any, Any]) -> list[Member]:
+        """The members of a hash's entries; expired ones (a crashed process's) deleted."""
         now = time.time()
         members, expired = [], []
         for field, value in raw.items():
@@ -106,10 +120,16 @@ class RedisPresenceStore:
             session_id = field.decode() if isinstance(field, bytes) else field
             members.append(Member(session_id, entry["kind"], entry["name"], since))
         if expired:
-            await self._redis.hdel(self._key(patient_id), *expired)
+            await self._redis.hdel(key, *expired)
         return members
 
     async def renew(self, patient_id: UUID, members: Sequence[Member]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self._write(pipe, self._key(patient_id), members)
+            await pipe.execute()
+
+    @staticmethod
+    def _write(pipe: Pipeline, key: str, members: Sequence[Member]) -> None:
         expires = time.time() + MEMBER_TTL_S
         mapping = {
             m.session_id: orjson.dumps(
@@ -117,11 +137,8 @@ class RedisPresenceStore:
             )
             for m in members
         }
-        key = self._key(patient_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-            pipe.expire(key, int(MEMBER_TTL_S * 2))
-            await pipe.execute()
+        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        pipe.expire(key, int(MEMBER_TTL_S * 2))
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -147,22 +164,27 @@ class PresenceService:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.close()
 
-    async def joined(self, patient_id: UUID, member: Member) -> None:
+    async def joined(self, patient_id: UUID, member: Member) -> int:
+        """Records the member; how many devices the patient now has connected (on every
+        process), 0 when the store could not say."""
         self._local.setdefault(patient_id, {})[member.session_id] = member
-        await self._update(patient_id, self.store.add(patient_id, member))
+        try:
+            members = await self.store.add(patient_id, member)
+            await self.hub.signal(patient_topic(patient_id), SIGNAL)
+        except Exception as exc:  # presence is advisory: never fail a session over it
+            log.warning("presence update failed: %s", type(exc).__name__)
+            return 0
+        return sum(1 for m in members if m.kind == "device")
 
     async def left(self, patient_id: UUID, session_id: str) -> None:
         local = self._local.get(patient_id, {})
         local.pop(session_id, None)
         if not local:
             self._local.pop(patient_id, None)
-        await self._update(patient_id, self.store.remove(patient_id, session_id))
-
-    async def _update(self, patient_id: UUID, write: Awaitable[None]) -> None:
         try:
-            await write
+            await self.store.remove(patient_id, session_id)
             await self.hub.signal(patient_topic(patient_id), SIGNAL)
-        except Exception as exc:  # presence is advisory: never fail a session over it
+        except Exception as exc:
             log.warning("presence update failed: %s", type(exc).__name__)
 
     def _changed(self, topic: str, payload: bytes) -> None:
@@ -196,6 +218,12 @@ class PresenceService:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(MEMBER_TTL_S / 3)
+            # Throttle marks older than the interval mean nothing: dropping them keeps
+            # the map as small as the patients of the last few seconds.
+            horizon = time.monotonic() - MIN_INTERVAL_S
+            for patient_id, sent in tuple(self._last_sent.items()):
+                if sent < horizon:
+                    del self._last_sent[patient_id]
             for patient_id, members in tuple(self._local.items()):
                 try:
                     await self.store.renew(patient_id, tuple(members.values()))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 from gateway.auth import Authenticator, Identity, RevokedSubjects
+from gateway.ratelimit import KeyedBuckets
 from gateway.realtime.hub import Hub
 from gateway.realtime.outbox import Flusher
 from gateway.realtime.presence import PresenceService
@@ -24,7 +25,7 @@ from gateway.realtime.router import Router
 from gateway.settings import Settings
 from protocol.codec import ProtocolError
 from protocol.codes import CloseCode, ErrorCode
-from protocol.frames import Limits, Providers, Reconnect, ServerFrame
+from protocol.frames import ChatResume, Limits, Providers, Reconnect, ServerFrame
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ RECONNECT_JITTER_MS = 2000  # spread reconnects so they do not all land at once
 
 # A patient's latest sync version (for session.ready, and after a broker outage).
 VersionLookup = Callable[[UUID], Awaitable[int]]
+# The patient's replies streaming now, as `chat.resume`s (on any process; chat's).
+ResumeLookup = Callable[[UUID], Awaitable[Sequence[ChatResume]]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class RealtimeConfig:
     burst: int
     send_queue_frames: int
     send_queue_bytes: int
+    max_sockets_per_patient: int
+    patient_frames_per_s: float
+    patient_burst: int
     limits: Limits  # advertised in session.ready
 
     @classmethod
@@ -53,6 +59,9 @@ class RealtimeConfig:
             burst=settings.burst,
             send_queue_frames=settings.send_queue_frames,
             send_queue_bytes=settings.send_queue_bytes,
+            max_sockets_per_patient=settings.max_sockets_per_patient,
+            patient_frames_per_s=settings.patient_frames_per_s,
+            patient_burst=settings.patient_burst,
             limits=Limits(
                 max_frame_bytes=settings.max_frame_bytes,
                 max_audio_bytes=settings.max_audio_bytes,
@@ -90,6 +99,7 @@ class RealtimeService:
         router: Router,
         providers: Providers,
         sync_version: VersionLookup,
+        resumes: ResumeLookup,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -98,9 +108,12 @@ class RealtimeService:
         self.router = router
         self.providers = providers
         self.sync_version = sync_version
+        self.resumes = resumes
         self.flusher = Flusher()
         self.sockets: set[OpenSocket] = set()
         self.draining = False
+        # Shared by all of a patient's sockets on this process.
+        self.patient_frames = KeyedBuckets(config.patient_frames_per_s, config.patient_burst)
 
     def close_revoked(self, sub: UUID, revoked: RevokedSubjects) -> None:
         """Close the sockets whose tokens `revoked` now voids (4401)."""

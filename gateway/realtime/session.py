@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -22,15 +22,17 @@ from uuid import UUID
 from starlette.websockets import WebSocket
 
 from gateway.auth import Identity, PatientIdentity, same_holder
+from gateway.ratelimit import TokenBucket
+from gateway.realtime.admission import Admission
+from gateway.realtime.catchup import already_resumed, resumed_through
 from gateway.realtime.hub import patient_topic
 from gateway.realtime.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
 from gateway.realtime.outbox import Outbox, Send
 from gateway.realtime.presence import device_member
-from gateway.realtime.ratelimit import TokenBucket
 from gateway.realtime.service import RealtimeService
 from protocol.codec import ProtocolError, decode_audio_frame, decode_client_frame, encode
 from protocol.codes import CloseCode, ErrorCode
-from protocol.frames import ClientFrame, ServerFrame, SessionReady, SyncVersion
+from protocol.frames import ChatResume, ClientFrame, ServerFrame, SessionReady, SyncVersion
 from storage.database import PoolExhausted
 
 log = logging.getLogger(__name__)
@@ -67,14 +69,18 @@ class Session:
             max_bytes=config.send_queue_bytes,
             on_overflow=lambda: self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer"),
         )
-        self._bucket = TokenBucket(config.limits.frames_per_s, config.burst)
+        self._admission = Admission(
+            TokenBucket(config.limits.frames_per_s, config.burst),
+            realtime.patient_frames,
+            self.patient.patient_id if self.patient else None,
+        )
         # How long a close may take before the peer counts as gone (it stopped reading).
         self._close_timeout = min(CLOSE_FLUSH_S, 2 * config.heartbeat_s)
         self._task: asyncio.Task[None] | None = None
+        self._held: list[str] | None = None  # live frames, while a new socket catches up
         self._receiving = False
         self._gave_up = False
         self._give_up_timer: asyncio.TimerHandle | None = None
-        self._limited_in_a_row = 0
         self._bad_in_a_row = 0
         self._tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
@@ -96,6 +102,9 @@ class Session:
 
     def deliver(self, text: str) -> None:
         """Send one encoded frame (the hub calls this for every fan-out)."""
+        if self._held is not None:
+            self._held.append(text)  # caught up first (see _resume)
+            return
         self.outbox.put(text)
 
     def send(self, frame: ServerFrame) -> None:
@@ -190,9 +199,13 @@ class Session:
         try:
             await self._ready()
             if self.topic is not None and patient is not None:
+                self._held = []
                 await realtime.hub.join(self.topic, self)
+                await self._resume(patient.patient_id)
                 member = device_member(self.id, identity.device_id)
-                await realtime.presence.joined(patient.patient_id, member)
+                devices = await realtime.presence.joined(patient.patient_id, member)
+                if devices > realtime.config.max_sockets_per_patient:
+                    self._over_the_socket_cap()
             self._receiving = True
             await self._receive_loop()
         except asyncio.CancelledError:
@@ -238,6 +251,23 @@ class Session:
             )
         )
 
+    async def _resume(self, patient_id: UUID) -> None:
+        """One `chat.resume` per reply of the patient streaming now (on any process),
+        then the live frames held meanwhile, less the deltas the resumes hold: the
+        socket has each reply's text once, without a gap."""
+        resumes: Sequence[ChatResume] = ()
+        try:
+            resumes = await self.realtime.resumes(patient_id)
+        except Exception as exc:  # the replies still reach the device through sync
+            log.warning("resuming replies failed: %s", type(exc).__name__)
+        held, self._held = self._held or [], None
+        for resume in resumes:
+            self.send(resume)
+        resumed = resumed_through(resumes)
+        for text in held:
+            if not already_resumed(text, resumed):
+                self.outbox.put(text)
+
     async def _finish(self) -> None:
         self.close(CloseCode.NORMAL)
         try:
@@ -249,31 +279,43 @@ class Session:
 
     async def _receive_loop(self) -> None:
         while not self.closing:
+            # A frame already received returns without suspending: a socket with a backlog
+            # of frames would hold the event loop until it is through. Yielding once per
+            # frame lets every other socket (and patient) take turns.
+            await asyncio.sleep(0)
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             text, data = message.get("text"), message.get("bytes")
-            if not self._bucket.take():
-                self._rate_limited()
+            refusal = self._admission.before_decoding()
+            if refusal is not None:
+                self._rate_limited(refusal)
                 continue
-            self._limited_in_a_row = 0
             decoded = (
                 decode_client_frame(text) if text is not None else decode_audio_frame(data or b"")
             )
             if isinstance(decoded, ProtocolError):
                 self._bad_frame(decoded)
                 continue
+            refusal = self._admission.after_decoding(decoded.type)
+            if refusal is not None:
+                self._rate_limited(refusal)
+                continue
             self._bad_in_a_row = 0
             await self._dispatch(decoded)
 
-    def _rate_limited(self) -> None:
-        self._limited_in_a_row += 1
-        if self._limited_in_a_row > self.realtime.config.burst:
+    def _over_the_socket_cap(self) -> None:
+        """This socket made one too many for its patient (counted on every process)."""
+        cap = self.realtime.config.max_sockets_per_patient
+        message = f"this patient has {cap} sockets open already (MAX_SOCKETS_PER_PATIENT)"
+        self.send_error(ProtocolError(ErrorCode.RATE_LIMITED, message))
+        self.close(CloseCode.POLICY, "too many sockets for this patient")
+
+    def _rate_limited(self, message: str) -> None:
+        if self._admission.refused():
             self.close(CloseCode.POLICY, "rate limit exceeded")
             return
-        self.send_error(
-            ProtocolError(ErrorCode.RATE_LIMITED, "too many frames; slow down", retryable=True)
-        )
+        self.send_error(ProtocolError(ErrorCode.RATE_LIMITED, message, retryable=True))
 
     def _bad_frame(self, error: ProtocolError) -> None:
         FRAMES_IN.labels("invalid").inc()

@@ -56,10 +56,13 @@ class WritesBusy(Exception):
 
 
 class SyncService:
-    def __init__(self, db: Database, writer: ChangeWriter, max_writes_per_patient: int) -> None:
+    def __init__(
+        self, db: Database, writer: ChangeWriter, *, max_writes_per_patient: int, page_bytes: int
+    ) -> None:
         self.db = db
         self.writer = writer
         self.max_writes = max_writes_per_patient
+        self.page_bytes = page_bytes  # a pulled page's size bound (it fits the send queue)
         self._writing: dict[UUID, int] = {}
 
     async def push(
@@ -119,7 +122,9 @@ class SyncService:
         async with self.db.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 version = await current_version(conn, patient_id)
-                changes, has_more = await changes_since(conn, patient_id, since, limit)
+                changes, has_more = await changes_since(
+                    conn, patient_id, since, limit, self.page_bytes
+                )
         SYNC_PULLS.inc()
         return Pulled(version, [wire_change(c) for c in changes], has_more)
 
