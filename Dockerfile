@@ -8,12 +8,13 @@ ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/painar
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY protocol protocol
 COPY storage storage
 COPY gateway gateway
 COPY sql sql
-RUN /opt/painar/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
+# The versions the suite ran with (requirements.lock, `just lock`).
+RUN /opt/painar/bin/pip install -c requirements.lock ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin painar

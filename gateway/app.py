@@ -59,7 +59,7 @@ from gateway.sync.routes import SyncRoutes
 from gateway.sync.service import SyncService
 from gateway.sync.writes import ChangeWriter
 from protocol.codec import ProtocolError
-from storage.database import Database, PoolExhausted
+from storage.database import Database, DatabaseUnavailable, PoolExhausted
 
 
 class Services:
@@ -241,7 +241,7 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
     app = Starlette(
         debug=False,  # tracebacks in responses could carry patient data
         routes=services.routes(),
-        exception_handlers={PoolExhausted: database_busy},
+        exception_handlers={PoolExhausted: database_busy, DatabaseUnavailable: database_down},
         middleware=[
             Middleware(HttpMetricsMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
@@ -254,6 +254,11 @@ def create_app(settings: Settings, *, database_url: str) -> Starlette:
 
 async def database_busy(request: Request, exc: Exception) -> Response:
     return error_response(503, "busy", "the database is busy; retry shortly", {"Retry-After": "1"})
+
+
+async def database_down(request: Request, exc: Exception) -> Response:
+    message = "the database is unreachable; nothing was stored, retry shortly"
+    return error_response(503, "unavailable", message, {"Retry-After": "1"})
 
 
 def asgi_entry(app: Starlette) -> ASGIApp:

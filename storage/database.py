@@ -71,6 +71,24 @@ class PoolExhausted(Exception):
     caller answers `busy`/503 and the client retries, instead of everyone waiting)."""
 
 
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached, or dropped the connection mid-statement (a restart,
+    a failover): nothing was committed; the caller answers with a retryable
+    `unavailable`/503, and the pool reconnects by itself once the server is back."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError  # class 08, connection exceptions
+        | asyncpg.InterfaceError  # the connection was closed under the statement
+        | asyncpg.CannotConnectNowError  # starting up or shutting down
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError,
+    )
+
+
 class Database:
     """The gateway's pool, made at start-up: what uses the database is built before the
     event loop runs (an asyncpg pool belongs to the loop it was made in)."""
@@ -99,17 +117,30 @@ class Database:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
         """A connection for `async with`, back to the pool on the way out; PoolExhausted
-        when none is free within the acquire timeout."""
+        when none is free within the acquire timeout, DatabaseUnavailable when the server
+        cannot be reached (then or while the block runs)."""
         if self._pool is None:
             raise RuntimeError("the database is not open")
         try:
             conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
         except TimeoutError:
             raise PoolExhausted from None
+        except Exception as exc:
+            if _unreachable(exc):
+                raise DatabaseUnavailable from exc
+            raise
         try:
             yield conn
+        except Exception as exc:
+            if _unreachable(exc):
+                raise DatabaseUnavailable from exc
+            raise
         finally:
-            await self._pool.release(conn)
+            try:
+                await self._pool.release(conn)
+            except Exception as exc:  # a connection that died cannot be reset: dropped
+                if not _unreachable(exc):
+                    raise
 
     async def ping(self) -> None:
         async with self.acquire() as conn:

@@ -33,7 +33,7 @@ from gateway.realtime.service import RealtimeService
 from protocol.codec import ProtocolError, decode_audio_frame, decode_client_frame, encode
 from protocol.codes import CloseCode, ErrorCode
 from protocol.frames import ChatResume, ClientFrame, ServerFrame, SessionReady, SyncVersion
-from storage.database import PoolExhausted
+from storage.database import DatabaseUnavailable, PoolExhausted
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,13 @@ class Session:
         self._task = asyncio.current_task()
         self._expire_at(identity.expires_at)
         try:
-            await self._ready()
             if self.topic is not None and patient is not None:
+                # Listening (held) before the sync version and the replies in flight are
+                # read: nothing published after them is missed.
                 self._held = []
                 await realtime.hub.join(self.topic, self)
-                await self._resume(patient.patient_id)
+            await self._ready()
+            if patient is not None:
                 member = device_member(self.id, identity.device_id)
                 devices = await realtime.presence.joined(patient.patient_id, member)
                 if devices > realtime.config.max_sockets_per_patient:
@@ -213,6 +215,10 @@ class Session:
                 raise
             assert self._task is not None
             self._task.uncancel()
+        except DatabaseUnavailable:  # session.ready needs the sync version
+            message = "the database is unreachable; reconnect shortly"
+            self.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, retryable=True))
+            self.close(CloseCode.TRY_AGAIN_LATER, "database unreachable")
         except Exception as exc:
             # The one place where an unexpected failure becomes a close code.
             log.error("session failed: %s", type(exc).__name__, exc_info=exc)
@@ -233,10 +239,18 @@ class Session:
                 self._expiry.cancel()
 
     async def _ready(self) -> None:
+        """`session.ready`; for a patient's socket then one `chat.resume` per reply of the
+        patient streaming now (on any process), then the live frames held meanwhile, less
+        the deltas the resumes hold: each reply's text once, without a gap."""
         realtime, patient = self.realtime, self.patient
         sync_version = None
+        resumes: Sequence[ChatResume] = ()
         if patient is not None:
             sync_version = await realtime.sync_version(patient.patient_id)
+            try:
+                resumes = await realtime.resumes(patient.patient_id)
+            except Exception as exc:  # the replies still reach the device through sync
+                log.warning("resuming replies failed: %s", type(exc).__name__)
         self.send(
             SessionReady(
                 session_id=self.id,
@@ -250,16 +264,6 @@ class Session:
                 providers=realtime.providers,
             )
         )
-
-    async def _resume(self, patient_id: UUID) -> None:
-        """One `chat.resume` per reply of the patient streaming now (on any process),
-        then the live frames held meanwhile, less the deltas the resumes hold: the
-        socket has each reply's text once, without a gap."""
-        resumes: Sequence[ChatResume] = ()
-        try:
-            resumes = await self.realtime.resumes(patient_id)
-        except Exception as exc:  # the replies still reach the device through sync
-            log.warning("resuming replies failed: %s", type(exc).__name__)
         held, self._held = self._held or [], None
         for resume in resumes:
             self.send(resume)
@@ -332,6 +336,9 @@ class Session:
         except PoolExhausted:
             message = "the database is busy; retry shortly"
             self.send_error(ProtocolError(ErrorCode.BUSY, message, ref, retryable=True))
+        except DatabaseUnavailable:
+            message = "the database is unreachable; nothing was stored, retry shortly"
+            self.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, ref, retryable=True))
         except Exception as exc:
             log.error("handler for %s failed: %s", frame.type, type(exc).__name__, exc_info=exc)
             self.send_error(
