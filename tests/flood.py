@@ -24,6 +24,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.test_sync import thread
+
 REST_LOOPS = 4
 ANSWER_TIMEOUT_S = 10.0
 
@@ -42,13 +44,7 @@ class Report:
 
 def frames(n: int) -> dict[str, Any]:
     if n % 2:
-        mutation = {
-            "mutation_id": f"m{n}",
-            "entity": "thread",
-            "op": "upsert",
-            "id": str(uuid.uuid4()),
-            "data": {"title": "flood"},
-        }
+        mutation = thread(f"m{n}", uuid.uuid4(), "flood")
         return {"type": "sync.push", "id": f"f{n}", "mutations": [mutation]}
     return {"type": "chat.send", "id": f"f{n}", "thread_id": str(uuid.uuid4()), "text": "flood"}
 

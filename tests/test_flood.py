@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from tests.chatkit import Upstream, chat_send, slow_reply, until
 from tests.conftest import RedisServer, gateway_process
 from tests.support import TIMEOUT_S, gateway_env
+from tests.test_sync import thread
 from tests.wsclient import patient_token, recv, send, session
 
 OTHERS = 5  # patients pushing while one floods
@@ -40,13 +41,7 @@ async def push_latencies(ws: ClientConnection, label: str, count: int = SAMPLES)
     start = time.perf_counter()
     for n in range(count):
         await asyncio.sleep(max(0.0, start + n * PUSH_INTERVAL_S - time.perf_counter()))
-        mutation = {
-            "mutation_id": f"{label}{n}",
-            "entity": "thread",
-            "op": "upsert",
-            "id": str(uuid.uuid4()),
-            "data": {"title": "mine"},
-        }
+        mutation = thread(f"{label}{n}", uuid.uuid4(), "mine")
         started = time.perf_counter()
         await send(ws, {"type": "sync.push", "id": f"{label}{n}", "mutations": [mutation]})
         while (frame := await recv(ws))["type"] != "sync.ack":

@@ -5,6 +5,8 @@ them (by Content-Length), or as soon as a chunked body passes it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +19,14 @@ HTTP_RATE_LIMITED = Counter(
 )
 
 
+# A refused request is answered after this long (its Retry-After), so a client that
+# retries as soon as it is told no cannot keep the gateway busy refusing it; at most
+# MAX_DELAYED such answers wait at once (beyond that they go out at once: waiting costs a
+# connection each).
+REFUSAL_DELAY_S = 1.0
+MAX_DELAYED = 100
+
+
 class RestRateLimit:
     """Requests that carry `Authorization` draw from that token's bucket; health, metrics
     and other unauthenticated routes are not limited here. Checked by the server's entry
@@ -25,6 +35,7 @@ class RestRateLimit:
 
     def __init__(self, per_s: float, burst: int) -> None:
         self.budgets = KeyedBuckets(per_s, burst)
+        self._delayed = 0
         body = orjson.dumps(
             {"error": {"code": "rate_limited", "message": "too many requests with this token"}}
         )
@@ -47,6 +58,12 @@ class RestRateLimit:
 
     async def refuse(self, send: Send) -> None:
         HTTP_RATE_LIMITED.inc()
+        if self._delayed < MAX_DELAYED:
+            self._delayed += 1
+            try:
+                await asyncio.sleep(REFUSAL_DELAY_S)
+            finally:
+                self._delayed -= 1
         await send(self._start)
         await send(self._body)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
@@ -26,6 +25,7 @@ from gateway.ratelimit import TokenBucket
 from gateway.realtime.admission import Admission
 from gateway.realtime.catchup import already_resumed, resumed_through
 from gateway.realtime.hub import patient_topic
+from gateway.realtime.lifetime import TokenExpiry
 from gateway.realtime.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
 from gateway.realtime.outbox import Outbox, Send
 from gateway.realtime.presence import device_member
@@ -84,7 +84,7 @@ class Session:
         self._bad_in_a_row = 0
         self._tasks: set[asyncio.Task[None]] = set()  # work that outlives its frame
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
-        self._expiry: asyncio.TimerHandle | None = None  # the token's end
+        self._expiry = TokenExpiry(self._expired)
 
     @property
     def id(self) -> UUID:
@@ -162,21 +162,10 @@ class Session:
         if self._assigned_device is not None:
             identity = replace(identity, device_id=self._assigned_device)
         self._identity = identity
-        self._expire_at(identity.expires_at)
+        self._expiry.set(identity.expires_at)
         return True
 
-    def _expire_at(self, expires_at: float | None) -> None:
-        """Close the socket when its token expires (a fresh `auth` frame moves this)."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if expires_at is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, expires_at - time.time())
-            self._expiry = loop.call_at(loop.time() + delay, self._expired)
-
     def _expired(self) -> None:
-        self._expiry = None
         message = "token expired: send a fresh auth frame before exp to stay connected"
         self.send_error(ProtocolError(ErrorCode.UNAUTHENTICATED, message))
         self.close(CloseCode.UNAUTHENTICATED, "token expired")
@@ -195,7 +184,7 @@ class Session:
         realtime.sockets.add(self)
         WS_CONNECTIONS.labels(identity.role).inc()
         self._task = asyncio.current_task()
-        self._expire_at(identity.expires_at)
+        self._expiry.set(identity.expires_at)
         try:
             if self.topic is not None and patient is not None:
                 # Listening (held) before the sync version and the replies in flight are
@@ -235,8 +224,7 @@ class Session:
             await self._finish()
             if self._give_up_timer is not None:
                 self._give_up_timer.cancel()
-            if self._expiry is not None:
-                self._expiry.cancel()
+            self._expiry.cancel()
 
     async def _ready(self) -> None:
         """`session.ready`; for a patient's socket then one `chat.resume` per reply of the
