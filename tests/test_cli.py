@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from gateway.auth import AUDIENCE
-from gateway.settings import SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, load_settings
 from storage.changes import MessageData, Mutation, ThreadData, apply_mutations, current_version
 from storage.database import connect
 from storage.migrations import default_directory
@@ -380,3 +380,10 @@ def test_debug_on_a_reachable_address_needs_its_own_secrets(
     assert load_settings(_env_file=None, debug=True).host == "127.0.0.1"  # just run's case
     result = run_cli("serve", cwd=tmp_path, DEBUG="true", HOST="0.0.0.0")
     assert result.returncode == 2 and "DEBUG: on a non-loopback HOST" in result.stderr
+
+
+def test_every_setting_is_in_the_readmes_configuration_table() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in table]
+    assert not missing, f"settings missing from README's configuration table: {missing}"
