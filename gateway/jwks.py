@@ -32,7 +32,6 @@ class JwksKeys:
         self._loaded_at = -float("inf")  # monotonic time the keys were fetched
         self._attempted_at = -float("inf")  # of the last fetch, whatever its outcome
         self._lock = asyncio.Lock()
-        self.fetches = 0
 
     async def key_for(self, kid: object) -> Any:
         if not isinstance(kid, str) or not kid:
@@ -54,7 +53,6 @@ class JwksKeys:
             if self._attempted_at >= wanted_at:
                 return  # another caller fetched while this one waited
             self._attempted_at = time.monotonic()
-            self.fetches += 1
             try:
                 async with httpx.AsyncClient(timeout=5.0) as client:
                     response = await client.get(self._url)

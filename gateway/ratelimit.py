@@ -12,8 +12,8 @@ class TokenBucket:
         self._tokens = float(burst)
         self.updated = time.monotonic()
 
-    def take(self, cost: float = 1.0) -> bool:
-        now = time.monotonic()
+    def take(self, cost: float = 1.0, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
         self._tokens = min(self.burst, self._tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self._tokens >= cost:
@@ -23,8 +23,8 @@ class TokenBucket:
 
 
 class KeyedBuckets:
-    """One bucket per key (a token's subject), for as many keys as are active: a bucket
-    that would be full again is dropped, so idle keys cost nothing."""
+    """One bucket per key (a patient, a bearer token), for as many keys as are active: a
+    bucket that would be full again is dropped, so idle keys cost nothing."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
@@ -38,7 +38,7 @@ class KeyedBuckets:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
-        return bucket.take(cost)
+        return bucket.take(cost, now)
 
     def _sweep(self, now: float) -> None:
         refill_s = self.burst / self.rate

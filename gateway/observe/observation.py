@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 
 from gateway.auth import ClinicianIdentity
-from gateway.realtime.catchup import already_resumed, resumed_through
+from gateway.realtime.catchup import not_resumed
 from gateway.realtime.router import Peer
 from protocol.frames import ChatResume, SyncVersion
 
@@ -43,11 +43,9 @@ class Observation:
     def release(self, snapshot_version: int, resumes: list[ChatResume]) -> None:
         """Send what was held, less what the snapshot and the resumes already hold."""
         held, self.held = self.held or [], None
-        resumed = resumed_through(resumes)
-        for text in held:
-            if _in_snapshot(text, snapshot_version) or already_resumed(text, resumed):
-                continue
-            self.peer.deliver(text)
+        for text in not_resumed(held, resumes):
+            if not _in_snapshot(text, snapshot_version):
+                self.peer.deliver(text)
 
 
 def _in_snapshot(text: str, snapshot_version: int) -> bool:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -11,13 +11,13 @@ import orjson
 from protocol.frames import ChatResume
 
 
-def resumed_through(resumes: Sequence[ChatResume]) -> dict[str, int]:
-    """The last delta each resume's text includes, by response id."""
-    return {str(resume.response_id): resume.seq for resume in resumes}
+def not_resumed(held: list[str], resumes: Sequence[ChatResume]) -> Iterator[str]:
+    """The held frames, less the `chat.delta`s the resumes' texts already hold."""
+    resumed = {str(resume.response_id): resume.seq for resume in resumes}
+    return (text for text in held if not _already_resumed(text, resumed))
 
 
-def already_resumed(text: str, resumed: dict[str, int]) -> bool:
-    """Whether an encoded frame is a `chat.delta` a resume's text already holds."""
+def _already_resumed(text: str, resumed: dict[str, int]) -> bool:
     if not resumed or not text.startswith('{"type":"chat.delta"'):
         return False
     frame: dict[str, Any] = orjson.loads(text)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
 import orjson
@@ -30,6 +30,7 @@ from protocol.codec import encode
 from protocol.frames import Observer, Presence
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SIGNAL = "presence.changed"
 MIN_INTERVAL_S = 1.0
@@ -168,24 +169,25 @@ class PresenceService:
         """Records the member; how many devices the patient now has connected (on every
         process), 0 when the store could not say."""
         self._local.setdefault(patient_id, {})[member.session_id] = member
-        try:
-            members = await self.store.add(patient_id, member)
-            await self.hub.signal(patient_topic(patient_id), SIGNAL)
-        except Exception as exc:  # presence is advisory: never fail a session over it
-            log.warning("presence update failed: %s", type(exc).__name__)
-            return 0
-        return sum(1 for m in members if m.kind == "device")
+        members = await self._update(patient_id, self.store.add(patient_id, member))
+        return sum(1 for m in members or () if m.kind == "device")
 
     async def left(self, patient_id: UUID, session_id: str) -> None:
         local = self._local.get(patient_id, {})
         local.pop(session_id, None)
         if not local:
             self._local.pop(patient_id, None)
+        await self._update(patient_id, self.store.remove(patient_id, session_id))
+
+    async def _update(self, patient_id: UUID, write: Awaitable[T]) -> T | None:
+        """The store's answer to `write`, then the signal; None if either failed."""
         try:
-            await self.store.remove(patient_id, session_id)
+            written = await write
             await self.hub.signal(patient_topic(patient_id), SIGNAL)
-        except Exception as exc:
+        except Exception as exc:  # presence is advisory: never fail a session over it
             log.warning("presence update failed: %s", type(exc).__name__)
+            return None
+        return written
 
     def _changed(self, topic: str, payload: bytes) -> None:
         patient_id = UUID(topic.removeprefix("patient:"))

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from gateway.auth import Identity, PatientIdentity, same_holder
 from gateway.ratelimit import TokenBucket
 from gateway.realtime.admission import Admission
-from gateway.realtime.catchup import already_resumed, resumed_through
+from gateway.realtime.catchup import not_resumed
 from gateway.realtime.hub import patient_topic
 from gateway.realtime.lifetime import TokenExpiry
 from gateway.realtime.metrics import ERRORS_SENT, FRAMES_IN, FRAMES_OUT, WS_CONNECTIONS
@@ -103,7 +103,7 @@ class Session:
     def deliver(self, text: str) -> None:
         """Send one encoded frame (the hub calls this for every fan-out)."""
         if self._held is not None:
-            self._held.append(text)  # caught up first (see _resume)
+            self._held.append(text)  # caught up first (see _ready)
             return
         self.outbox.put(text)
 
@@ -255,10 +255,8 @@ class Session:
         held, self._held = self._held or [], None
         for resume in resumes:
             self.send(resume)
-        resumed = resumed_through(resumes)
-        for text in held:
-            if not already_resumed(text, resumed):
-                self.outbox.put(text)
+        for text in not_resumed(held, resumes):
+            self.outbox.put(text)
 
     async def _finish(self) -> None:
         self.close(CloseCode.NORMAL)

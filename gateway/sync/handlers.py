@@ -26,9 +26,8 @@ class SyncHandlers:
             result = await self.service.push(
                 identity.patient_id, identity.device_key, frame.mutations, origin=time.time()
             )
-        except WritesBusy:
-            message = "patient_id: as many pushes as allowed are being written; retry shortly"
-            peer.send_error(ProtocolError(ErrorCode.BUSY, message, frame.id, retryable=True))
+        except WritesBusy as busy:
+            peer.send_error(ProtocolError(ErrorCode.BUSY, str(busy), frame.id, retryable=True))
             return
         for rejected in result.rejected:
             if rejected.code == ErrorCode.FORBIDDEN:  # another patient's thread or message

@@ -109,9 +109,8 @@ class SyncRoutes:
             result = await self.service.push(
                 identity.patient_id, device, mutations, origin=received
             )
-        except WritesBusy:
-            message = "patient_id: as many pushes as allowed are being written; retry shortly"
-            return error_response(429, "busy", message, {"Retry-After": "1"})
+        except WritesBusy as busy:
+            return error_response(429, "busy", str(busy), {"Retry-After": "1"})
         if any(r.code == ErrorCode.FORBIDDEN for r in result.rejected):
             self.auth.refused(identity, "POST sync")  # another patient's data
         return JSONResponse(

@@ -52,7 +52,10 @@ class Pulled:
 class WritesBusy(Exception):
     """The patient has as many pushes being written on this process as allowed: each
     holds a connection while it waits for the patient's lock, so more would only take
-    the pool from everyone else. The client retries."""
+    the pool from everyone else. The client retries; str() is the message for it."""
+
+    def __str__(self) -> str:
+        return "patient_id: as many pushes as allowed are being written; retry shortly"
 
 
 class SyncService:
