@@ -2,7 +2,9 @@
 tokens/s that reach the slowest socket of a patient.
 
 Two gateway processes share one Redis and the embedded PostgreSQL, which holds MEMORIES
-(default 100,000) memories of 1536 dims of other patients, under the HNSW index. The
+(default 100,000) memories of 1536 dims of other patients. The patient of (a) has
+OWN_MEMORIES (default 20,000) memories of their own, in their memory graph when that is
+more than the exact-search limit, as the embedding worker would have made it. The
 model is the test suite's fake OpenAI server (tests/fake_openai.py) in a process of its
 own, stamping each token with the time it sent it; embeddings come from the same server.
 
@@ -23,8 +25,8 @@ own, stamping each token with the time it sent it; embeddings come from the same
     token sent); the slowest socket counts. ROUNDS rounds.
 (c) As (b) with PATIENTS patients (4 sockets each) chatting at once.
 
-    just bench chat      (MEMORIES=100000 EXCHANGES=100 ROUNDS=5 PATIENTS=200
-                          FINISH_DELAY=0.025 PHASES=abc to change)
+    just bench chat      (MEMORIES=100000 OWN_MEMORIES=20000 EXCHANGES=100 ROUNDS=5
+                          PATIENTS=200 FINISH_DELAY=0.025 PHASES=abc to change)
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ import orjson
 from bench._harness import SECRET, gateways, percentile, services, stand_in_model
 from bench._wsclient import ClientProtocol, open_client
 from gateway.auth import issue_token
+from storage.memories import exact_limit_for
+from storage.memory_graphs import promote
 from tests.support import bulk_memories
 
 MEMORIES = int(os.environ.get("MEMORIES", "100000"))
+OWN_MEMORIES = int(os.environ.get("OWN_MEMORIES", "20000"))
 EXCHANGES = int(os.environ.get("EXCHANGES", "100"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 PATIENTS = int(os.environ.get("PATIENTS", "200"))
@@ -109,23 +114,24 @@ def chat_send(device: Device, thread: uuid.UUID, text: str) -> float:
     return sent
 
 
-async def load_memories(dsn: str, count: int) -> tuple[float, float]:
-    """`count` memories of other patients (random vectors); (load s, index build s)."""
+async def load_memories(dsn: str, count: int, own: int) -> tuple[uuid.UUID, float, float]:
+    """`count` memories of other patients and `own` of one more (random vectors); (that
+    patient, load s, their graph's build s)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("DROP INDEX memories_embedding_idx")
         started = time.perf_counter()
         patients = max(1, count // MEMORIES_PER_PATIENT)
         await bulk_memories(conn, patients, MEMORIES_PER_PATIENT, DIM)
-        loaded = time.perf_counter() - started
-        started = time.perf_counter()
-        await conn.execute("SET maintenance_work_mem = '2GB'")
-        await conn.execute(
-            "CREATE INDEX memories_embedding_idx ON memories "
-            "USING hnsw (embedding vector_cosine_ops)"
+        await bulk_memories(conn, 1, own, DIM)
+        patient: uuid.UUID = await conn.fetchval(
+            "SELECT patient_id FROM memories GROUP BY patient_id HAVING count(*) = $1", own
         )
         await conn.execute("VACUUM ANALYZE memories")
-        return loaded, time.perf_counter() - started
+        loaded = time.perf_counter() - started
+        started = time.perf_counter()
+        if own > exact_limit_for(DIM):
+            await promote(conn, patient)
+        return patient, loaded, time.perf_counter() - started
     finally:
         await conn.close()
 
@@ -135,7 +141,7 @@ async def configure(http: httpx.AsyncClient, **behaviour: object) -> None:
 
 
 async def first_token_and_relay(
-    http: httpx.AsyncClient, ports: list[int]
+    http: httpx.AsyncClient, ports: list[int], patient: uuid.UUID
 ) -> tuple[list[float], list[float], list[float], list[float]]:
     """(a): added time to first token (ms); relay overhead (ms) at the sender's process,
     at the other process, and at both leaving out each reply's last delta."""
@@ -147,7 +153,7 @@ async def first_token_and_relay(
         finish_delay_s=FINISH_DELAY,
         stamp=True,
     )
-    patient, thread = uuid.uuid4(), uuid.uuid4()
+    thread = uuid.uuid4()
     sender = await connect(ports[0], patient, "headset")
     other = await connect(ports[1], patient, "phone")
     added: list[float] = []
@@ -228,17 +234,17 @@ async def burst(
 
 async def run(dsn: str, redis_url: str) -> None:
     print(f"chat benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs", flush=True)
-    loaded, built = await load_memories(dsn, MEMORIES)
+    patient, loaded, built = await load_memories(dsn, MEMORIES, OWN_MEMORIES)
     print(
-        f"{MEMORIES:,} memories of other patients: loaded in {loaded:.0f} s, "
-        f"HNSW built in {built:.0f} s",
+        f"{MEMORIES:,} memories of other patients and {OWN_MEMORIES:,} of (a)'s patient: "
+        f"loaded in {loaded:.0f} s, that patient's memory graph built in {built:.0f} s",
         flush=True,
     )
     async with stand_in_model() as base:
-        await run_phases(dsn, redis_url, base)
+        await run_phases(dsn, redis_url, base, patient)
 
 
-async def run_phases(dsn: str, redis_url: str, base: str) -> None:
+async def run_phases(dsn: str, redis_url: str, base: str, patient: uuid.UUID) -> None:
     env = {
         "OPENAI_BASE_URL": f"{base}/v1",
         "OPENAI_API_KEY": "bench",
@@ -255,7 +261,7 @@ async def run_phases(dsn: str, redis_url: str, base: str) -> None:
         gc.freeze()
 
         if "a" in PHASES:
-            await report_first_token_and_relay(http, ports)
+            await report_first_token_and_relay(http, ports, patient)
         if "b" in PHASES:
             await report_burst(http, ports)
         if "c" in PHASES:
@@ -272,8 +278,10 @@ def raise_priority() -> None:
         print("(could not raise the clients' priority: latencies include their waits)")
 
 
-async def report_first_token_and_relay(http: httpx.AsyncClient, ports: list[int]) -> None:
-    added, same, other, not_last = await first_token_and_relay(http, ports)
+async def report_first_token_and_relay(
+    http: httpx.AsyncClient, ports: list[int], patient: uuid.UUID
+) -> None:
+    added, same, other, not_last = await first_token_and_relay(http, ports, patient)
     print(
         f"(a) {EXCHANGES} exchanges, the stream's end {FINISH_DELAY * 1000:g} ms after its "
         f"last token: added time to first token p50 "

@@ -1,44 +1,39 @@
-"""Per-patient (filtered) nearest-neighbour retrieval: exact search against HNSW with
-iterative scan, by patient size, and the strategy the gateway ships (exact up to
-`storage.memories.exact_limit_for(dim)` memories, HNSW above), checked against the
-targets recall@10 ≥ TARGET_RECALL at p99 ≤ TARGET_P99_MS.
+"""Per-patient nearest-neighbour retrieval as the gateway runs it: exact search of the
+patient's rows up to `storage.memories.exact_limit_for(dim)` memories, and above it the
+patient's own memory graph (storage/memory_graphs.py, an HNSW index over their vectors
+only), checked against the targets recall@10 ≥ TARGET_RECALL at p99 ≤ TARGET_P99_MS for
+two kinds of query.
 
 Two scenarios, each in its own database with our schema (sql/, VECTOR_DIM set to the
 scenario's size): (a) 100,000 memories of 1536 dims, (b) 1,000,000 memories of 384 dims.
 In each, a few patients of every measured size (10, 100, 700, 1,000, 2,000, 5,000,
-20,000 and, in (b), 50,000 memories: 700 and 2,000 are the shipped limits, so each limit
-has a measured size at it and one above) and the other rows spread over many patients of
-1–199 memories. The rows are loaded with the HNSW index dropped, in random order (a
-patient's rows are scattered over the table as they would be after months of use),
-generated in SQL; then `memories_embedding_idx` is built again as the migration builds
-it, and timed.
+20,000 and, in (b), 50,000 memories: 2,000 is the shipped limit, so it has a measured
+size at it and some above) and the other rows spread over many patients of 1–199
+memories, loaded in random order (a patient's rows are scattered over the table as they
+would be after months of use), generated in SQL.
 
 Data: a memory is l2_normalize(topic + patient + noise), three random Gaussian vectors of
 norm ≈ 1 each, one of TOPICS topics shared by all patients: a patient's memories on one
 topic have cosine ≈ 2/3, on others ≈ 1/3, and every other patient's memories on the
 query's topic ≈ 1/3 too. Two kinds of query: "own", a new memory of the patient drawn
-the same way (what the chat's retrieval sends), and "random", a random unit vector (near
-nothing of the patient's: the worst case for a filtered graph search).
+the same way (what the chat's retrieval mostly sends), and "random", a random unit
+vector: a question on a topic the patient never raised, near nothing of theirs, where
+the right memories differ from the next ones by very little (the hard case for any
+approximate search).
 
-Strategies, each through `storage.memories.nearest_memories` with k = 10 on a fresh
-connection after 10 unmeasured queries: "exact" (exact_limit above the patient's size);
-"hnsw ef=100" (exact_limit = 0: the approximate path as shipped, which keeps the planner
-on the HNSW index with enable_sort off for its transaction; its count of the patient's
-rows stops at one row); "gateway" (exact_limit = exact_limit_for(dim), what the gateway
-runs by default: the same exact search up to the limit, and above it the HNSW path after
-counting up to exact_limit + 1 of the patient's rows). Above the limit, where hnsw ef=100
-misses the recall target, "hnsw ef=200" is measured as well (hnsw.ef_search is
-max(HNSW_EF_SEARCH, k); the row raises HNSW_EF_SEARCH). Recall@10 is against the exact
-results for the same queries; latency is one call (count, search and, for HNSW, setting
-the scan options). An HNSW row (and "gateway" above the limit) stops after `--budget`
-seconds once it has 20 queries. "<10 found" is the share of queries that returned fewer
-than 10 memories; "hnsw idx" the share in which the server scanned
-memories_embedding_idx (from pg_stat_user_indexes).
+Each row runs its queries through `storage.memories.nearest_memories` with k = 10 on a
+fresh connection after 10 unmeasured ones. First every size is measured before any
+patient has a graph ("exact": the reference for recall); then the patients above the
+limit are promoted as the embedding worker promotes them (timed), and every size is
+measured again ("gateway": unchanged up to the limit, the graph above it, with
+`hnsw.ef_search` = graph_ef_search(size)); where that is capped below pgvector's largest,
+the row "graph ef=N" shows what the larger list would buy. Latency is one call,
+including its lookups.
 
 Runs against an embedded PostgreSQL in a temporary directory, restarted once with
 shared_buffers = SHARED_BUFFERS (or BENCH_DATABASE_URL, a server with pgvector where this
-may create databases; its settings are used as they are). Takes about 7 minutes for
-(a) and 13 for (b) on 2 cores; run it niced when sharing the machine:
+may create databases; its settings are used as they are). Run it niced when sharing the
+machine:
 
     nice -n 19 .venv/bin/python -m bench.retrieval [--scenario 1536|384|all] [--queries N]
 """
@@ -63,20 +58,18 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench._harness import percentile
-from storage import memories
+from storage import memories, memory_graphs
 from storage.database import connect, prepare_schema
 from storage.embedded import EmbeddedPostgres
 
 K = 10
 TOPICS = 100
 FILLER_MAX = 199  # the other patients have 1..FILLER_MAX memories each
-EF_DEFAULT = memories.HNSW_EF_SEARCH  # restored after each HNSW row
-EF_HIGHER = 200  # measured above the limit where EF_DEFAULT misses the recall target
 WARMUP = 10
+PGVECTOR_EF_MAX = 1000
 TARGET_RECALL = 0.95
 TARGET_P99_MS = 15.0
 SHARED_BUFFERS = "6GB"
-MAINTENANCE_WORK_MEM = "4GB"
 SEED = 20261126
 
 
@@ -135,7 +128,6 @@ class Cell:
     latencies_ms: list[float] = field(default_factory=list)
     recalls: list[float] = field(default_factory=list)
     short: int = 0
-    hnsw_share: float = 0.0
 
     @property
     def p50(self) -> float:
@@ -232,7 +224,6 @@ async def load(dsn: str, scenario: Scenario, patients: list[Patient]) -> None:
             INSERT INTO messages (id, patient_id, thread_id, role, content, source)
                 SELECT id, patient_id, thread, 'user', 'bench', 'text'
                 FROM bench_rows ORDER BY ord;
-            DROP INDEX memories_embedding_idx;
             DROP INDEX memories_patient_idx;
             """
         )
@@ -272,41 +263,45 @@ async def load(dsn: str, scenario: Scenario, patients: list[Patient]) -> None:
         await conn.close()
 
 
-async def build_index(dsn: str) -> tuple[float, int, list[str]]:
-    """(seconds, bytes, server notices) of building the HNSW index as sql/0001 does."""
-    notices: list[str] = []
-    conn = await asyncpg.connect(dsn)
-    conn.add_log_listener(lambda _c, message: notices.append(str(message)))
+async def promote(dsn: str, limit: int) -> tuple[float, list[tuple[int, float]], int]:
+    """Gives every patient above `limit` a memory graph as the embedding worker does:
+    (seconds in all, (size, seconds) per patient, bytes of all graphs)."""
+    conn = await connect(dsn)
+    timings: list[tuple[int, float]] = []
     try:
-        workers = max(0, (os.cpu_count() or 1) - 1)
-        await conn.execute(
-            f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'; "
-            f"SET max_parallel_maintenance_workers = {workers}"
-        )
         started = time.perf_counter()
-        await conn.execute(
-            "CREATE INDEX memories_embedding_idx ON memories "
-            "USING hnsw (embedding vector_cosine_ops)"
-        )
+        for patient in await memory_graphs.due_for_graphs(conn, limit):
+            size = await conn.fetchval(
+                "SELECT count(*) FROM memories WHERE patient_id = $1", patient
+            )
+            began = time.perf_counter()
+            await memory_graphs.promote(conn, patient)
+            timings.append((size, time.perf_counter() - began))
         elapsed = time.perf_counter() - started
-        size: int = await conn.fetchval("SELECT pg_relation_size('memories_embedding_idx')")
-        # Into shared_buffers: the heap (and its TOAST, where 1536-dim vectors live) and
-        # the indexes that retrieval reads.
+        size_bytes: int = await conn.fetchval(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'memory_graph' AND c.relkind = 'r'"
+        )
+        return elapsed, timings, size_bytes
+    finally:
+        await conn.close()
+
+
+async def prewarm(dsn: str) -> None:
+    """Into shared_buffers: what retrieval reads."""
+    conn = await asyncpg.connect(dsn)
+    try:
         await conn.execute(
             """
             CREATE EXTENSION IF NOT EXISTS pg_prewarm;
             SELECT pg_prewarm(c.oid) FROM pg_class c
-            WHERE c.relname IN ('memories', 'memories_embedding_idx', 'memories_patient_idx',
-                                'memories_pkey', 'messages', 'messages_pkey')
-            UNION ALL
-            SELECT pg_prewarm(c.reltoastrelid) FROM pg_class c
-            WHERE c.relname = 'memories' AND c.reltoastrelid <> 0
-            UNION ALL
-            SELECT pg_prewarm(i.indexrelid) FROM pg_index i
-            JOIN pg_class c ON i.indrelid = c.reltoastrelid WHERE c.relname = 'memories';
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'i') AND (n.nspname = 'memory_graph' OR c.relname IN
+                ('memories', 'memories_patient_idx', 'memories_pkey', 'messages',
+                 'messages_pkey', 'memory_graphs', 'memory_graphs_pkey'));
             """
         )
-        return elapsed, size, notices
     finally:
         await conn.close()
 
@@ -343,45 +338,24 @@ async def make_queries(
     return [(p.id, list(r["v"])) for p, r in zip(owners, rows, strict=True)]
 
 
-async def hnsw_scans(conn: asyncpg.Connection) -> int:
-    # The session's counters reach the shared statistics when it goes idle; force that.
-    await conn.execute("SELECT pg_stat_force_next_flush()")
-    scans: int = await conn.fetchval(
-        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'memories_embedding_idx'"
-    )
-    return scans
-
-
 async def measure(
     dsn: str,
     cell: Cell,
     queries: Sequence[tuple[uuid.UUID, list[float]]],
-    exact_limit: int,
     truth: list[set[uuid.UUID]] | None,
-    budget: float,
-    ef_search: int = EF_DEFAULT,
 ) -> list[set[uuid.UUID]]:
-    """Runs the queries (the first WARMUP unmeasured) through nearest_memories with
-    `exact_limit` (exact search up to it, HNSW with `ef_search` above). Returns the ids
-    found for each measured query."""
-    exact = cell.size <= exact_limit
-    memories.HNSW_EF_SEARCH = ef_search
+    """Runs the queries (the first WARMUP unmeasured) through nearest_memories. Returns
+    the ids found for each measured query."""
     conn = await connect(dsn)
     found: list[set[uuid.UUID]] = []
     try:
 
         async def call(patient: uuid.UUID, vector: list[float]) -> list[memories.Memory]:
-            return await memories.nearest_memories(
-                conn, patient, vector, k=K, min_similarity=-2.0, exact_limit=exact_limit
-            )
+            return await memories.nearest_memories(conn, patient, vector, k=K, min_similarity=-2.0)
 
         for patient, vector in queries[:WARMUP]:
             await call(patient, vector)
-        before = await hnsw_scans(conn)
-        deadline = time.perf_counter() + budget
         for i, (patient, vector) in enumerate(queries[WARMUP:]):
-            if not exact and i >= 20 and time.perf_counter() > deadline:
-                break
             started = time.perf_counter()
             result = await call(patient, vector)
             cell.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -391,16 +365,14 @@ async def measure(
                 cell.short += 1
             if truth is not None:
                 cell.recalls.append(len(ids & truth[i]) / len(truth[i]))
-        cell.hnsw_share = (await hnsw_scans(conn) - before) / len(found)
     finally:
         await conn.close()
-        memories.HNSW_EF_SEARCH = EF_DEFAULT
     return found
 
 
 HEADER = (
     f"{'memories':>9} {'query':<6} {'strategy':<18} {'n':>4} {'recall@10':>9} "
-    f"{'p50 ms':>8} {'p99 ms':>8} {'<10 found':>9} {'hnsw idx':>8}"
+    f"{'p50 ms':>8} {'p99 ms':>8} {'<10 found':>9}"
 )
 
 
@@ -409,7 +381,7 @@ def row(cell: Cell) -> str:
     return (
         f"{cell.size:>9,} {cell.kind:<6} {cell.strategy:<18} {len(cell.latencies_ms):>4} "
         f"{recall:>9} {cell.p50:>8.2f} {cell.p99:>8.2f} "
-        f"{cell.short / len(cell.latencies_ms):>9.0%} {cell.hnsw_share:>8.0%}"
+        f"{cell.short / len(cell.latencies_ms):>9.0%}"
     )
 
 
@@ -417,39 +389,21 @@ def meets(cell: Cell) -> bool:
     return cell.recall >= TARGET_RECALL and cell.p99 <= TARGET_P99_MS
 
 
-def recommend(scenario: Scenario, cells: list[Cell]) -> list[str]:
-    shipped = memories.exact_limit_for(scenario.dim)
+def recommend(scenario: Scenario, cells: list[Cell], shipped: int) -> list[str]:
     sizes = sorted({c.size for c in cells})
     exact_p99 = {
         s: max(c.p99 for c in cells if c.size == s and c.strategy == "exact") for s in sizes
     }
     fast = [s for s in sizes if exact_p99[s] <= TARGET_P99_MS]
     limit = max(fast) if fast else 0
-    first = (
+    lines = [
         f"exact search ({scenario.dim} dims, {scenario.rows:,} memories): p99 ≤ "
         f"{TARGET_P99_MS:g} ms up to {limit:,} memories (the largest measured size; worse of "
-        "the two query kinds)"
-    )
-    above = [s for s in sizes if s > limit]
-    if above and limit:
-        nxt = above[0]
-        p1, p2 = exact_p99[limit], exact_p99[nxt]
-        if p2 > p1:
-            crossing = limit + (TARGET_P99_MS - p1) * (nxt - limit) / (p2 - p1)
-            first += f", ≈ {crossing:,.0f} by linear interpolation to {nxt:,}"
-    lines = [first]
-    at_or_below = [s for s in sizes if s <= shipped]
-    if at_or_below:
-        s = max(at_or_below)
-        verdict = "within" if exact_p99[s] <= TARGET_P99_MS else "OVER"
-        lines.append(
-            f"  shipped exact_limit_for({scenario.dim}) = {shipped:,}: exact p99 at "
-            f"{s:,} memories {exact_p99[s]:.1f} ms, {verdict} the target"
-            + ("" if shipped in sizes else f" (no size measured at {shipped:,})")
-        )
+        f"the two query kinds); graphs above {shipped:,}"
+    ]
     for kind in ("own", "random"):
         gateway = sorted(
-            (c for c in cells if c.kind == kind and c.strategy == "gateway"),
+            (c for c in cells if c.kind == kind and c.strategy.startswith("gateway")),
             key=lambda c: c.size,
         )
         misses = [
@@ -458,7 +412,7 @@ def recommend(scenario: Scenario, cells: list[Cell]) -> list[str]:
             if not meets(c)
         ]
         lines.append(
-            f"  gateway (exact ≤ {shipped:,}, HNSW ef={EF_DEFAULT} above), {kind} queries: "
+            f"  gateway (exact ≤ {shipped:,}, the patient's graph above), {kind} queries: "
             + (
                 f"recall@10 ≥ {TARGET_RECALL} at p99 ≤ {TARGET_P99_MS:g} ms at every size"
                 if not misses
@@ -468,12 +422,13 @@ def recommend(scenario: Scenario, cells: list[Cell]) -> list[str]:
     return lines
 
 
-async def run_scenario(server_dsn: str, scenario: Scenario, queries: int, budget: float) -> None:
+async def run_scenario(server_dsn: str, scenario: Scenario, queries: int, limit: int) -> None:
     name = f"bench_retrieval_{scenario.dim}_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     dsn = urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
     rng = random.Random(SEED + scenario.dim)
+    shipped = limit or memories.exact_limit_for(scenario.dim)
     try:
         await prepare_schema(dsn, vector_dim=scenario.dim)
         patients, measured = plan_patients(scenario, rng)
@@ -487,47 +442,58 @@ async def run_scenario(server_dsn: str, scenario: Scenario, queries: int, budget
         print(f"load average at the start {load_average} (1, 5, 15 min)", flush=True)
         started = time.perf_counter()
         await load(dsn, scenario, patients)
-        loaded = time.perf_counter() - started
-        build, index_bytes, notices = await build_index(dsn)
-        print(
-            f"load (without the HNSW index) {loaded:.0f} s; HNSW index build "
-            f"(m 16, ef_construction 64, maintenance_work_mem {MAINTENANCE_WORK_MEM}, "
-            f"{max(0, (os.cpu_count() or 1) - 1)} parallel worker(s) + leader): "
-            f"{build:.1f} s, {index_bytes / 2**20:,.0f} MiB",
-            flush=True,
-        )
-        for notice in notices:
-            print(f"  server: {notice}")
-        shipped = memories.exact_limit_for(scenario.dim)
-        print(
-            f"gateway = nearest_memories with exact_limit = exact_limit_for({scenario.dim}) "
-            f"= {shipped:,}",
-            flush=True,
-        )
+        print(f"loaded in {time.perf_counter() - started:.0f} s", flush=True)
+        await prewarm(dsn)
         print(HEADER, flush=True)
         cells: list[Cell] = []
+        asked: dict[tuple[int, str], list[tuple[uuid.UUID, list[float]]]] = {}
+        truths: dict[tuple[int, str], list[set[uuid.UUID]]] = {}
         for size, _count in scenario.groups:
             group = [p for p in patients[:measured] if p.size == size]
             for kind in ("own", "random"):
                 qs = await make_queries(dsn, scenario.dim, kind, group, WARMUP + queries, rng)
                 cell = Cell(size, kind, "exact")
-                truth = await measure(dsn, cell, qs, size, None, budget)
+                asked[size, kind] = qs
+                truths[size, kind] = await measure(dsn, cell, qs, None)
                 cells.append(cell)
                 print(row(cell), flush=True)
-                cell = Cell(size, kind, f"hnsw ef={EF_DEFAULT}")
-                await measure(dsn, cell, qs, 0, truth, budget)
+        took, timings, graph_bytes = await promote(dsn, shipped)
+        await prewarm(dsn)
+        per_size = sorted({size for size, _ in timings})
+        print(
+            f"memory graphs for the {len(timings)} patients above {shipped:,} memories "
+            f"(m {memory_graphs.GRAPH_M}, ef_construction "
+            f"{memory_graphs.GRAPH_EF_CONSTRUCTION}): {took:.1f} s in all, "
+            f"{graph_bytes / 2**20:,.0f} MiB; per patient "
+            + ", ".join(
+                f"{size:,} memories {statistics.fmean(t for s, t in timings if s == size):.1f} s"
+                for size in per_size
+            ),
+            flush=True,
+        )
+        for size, _count in scenario.groups:
+            for kind in ("own", "random"):
+                strategy = (
+                    "gateway"
+                    if size <= shipped
+                    else f"gateway ef={memories.graph_ef_search(size, K)}"
+                )
+                cell = Cell(size, kind, strategy)
+                await measure(dsn, cell, asked[size, kind], truths[size, kind])
                 cells.append(cell)
                 print(row(cell), flush=True)
-                if size > shipped and cell.recall < TARGET_RECALL:
-                    cell = Cell(size, kind, f"hnsw ef={EF_HIGHER}")
-                    await measure(dsn, cell, qs, 0, truth, budget, ef_search=EF_HIGHER)
+                if size > shipped and memories.graph_ef_search(size, K) < PGVECTOR_EF_MAX:
+                    # What the capped candidate list leaves: pgvector's largest.
+                    cap = memories.GRAPH_EF_MAX
+                    memories.GRAPH_EF_MAX = PGVECTOR_EF_MAX
+                    try:
+                        cell = Cell(size, kind, f"graph ef={memories.graph_ef_search(size, K)}")
+                        await measure(dsn, cell, asked[size, kind], truths[size, kind])
+                    finally:
+                        memories.GRAPH_EF_MAX = cap
                     cells.append(cell)
                     print(row(cell), flush=True)
-                cell = Cell(size, kind, "gateway")
-                await measure(dsn, cell, qs, shipped, truth, budget)
-                cells.append(cell)
-                print(row(cell), flush=True)
-        for line in recommend(scenario, cells):
+        for line in recommend(scenario, cells, shipped):
             print(line, flush=True)
         load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
@@ -563,16 +529,16 @@ def cpu_model() -> str:
     return match[1] if match else "unknown CPU"
 
 
-async def run(dsn: str, names: list[str], queries: int, budget: float) -> None:
+async def run(dsn: str, names: list[str], queries: int, limit: int) -> None:
     print(
         f"retrieval, {os.cpu_count()} cores ({cpu_model()}), {time.strftime('%Y-%m-%d')}; "
-        f"{await describe(dsn)}; k = {K}, {queries} queries per row (+{WARMUP} warm-up, "
-        f"HNSW rows stop after {budget:g} s); targets recall@10 ≥ {TARGET_RECALL}, "
+        f"{await describe(dsn)}; k = {K}, {queries} queries per row (+{WARMUP} warm-up); "
+        f"targets recall@10 ≥ {TARGET_RECALL}, "
         f"p99 ≤ {TARGET_P99_MS:g} ms",
         flush=True,
     )
     for name in names:
-        await run_scenario(dsn, SCENARIOS[name], queries, budget)
+        await run_scenario(dsn, SCENARIOS[name], queries, limit)
 
 
 async def configure(dsn: str) -> None:
@@ -598,7 +564,11 @@ def main() -> None:
         help="fewer memories for a quick try (keeps the measured sizes that fit in 3/4)",
     )
     parser.add_argument(
-        "--budget", type=float, default=15.0, help="seconds after which an HNSW row stops"
+        "--limit",
+        type=int,
+        default=0,
+        help="memories above which a patient gets a graph (RETRIEVAL_EXACT_LIMIT; "
+        "default exact_limit_for(dim))",
     )
     args = parser.parse_args()
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
@@ -607,13 +577,13 @@ def main() -> None:
             SCENARIOS[name] = shrink(SCENARIOS[name], args.rows)
     external = os.environ.get("BENCH_DATABASE_URL")
     if external:
-        asyncio.run(run(external, names, args.queries, args.budget))
+        asyncio.run(run(external, names, args.queries, args.limit))
         return
     with tempfile.TemporaryDirectory(prefix="painar-bench-") as directory:
         with EmbeddedPostgres(Path(directory)) as dsn:
             asyncio.run(configure(dsn))
         with EmbeddedPostgres(Path(directory)) as dsn:  # restarted with the settings
-            asyncio.run(run(dsn, names, args.queries, args.budget))
+            asyncio.run(run(dsn, names, args.queries, args.limit))
 
 
 if __name__ == "__main__":

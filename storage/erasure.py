@@ -4,8 +4,9 @@ patient's threads through the change log (which devices hear of as usual).
 The rows stay as tombstones (ids and deleted flags: a replayed write of an erased id is
 refused, not re-created) and the change log keeps its versions (each row reads as a
 delete without data), so devices converge; no row keeps the patient's words, body-map
-regions, titles or vectors. The access audit trail stays: it holds who looked, not what
-they saw, and its retention is a legal duty of its own.
+regions, titles or vectors (their memory graph, if any, is dropped). The access audit
+trail stays: it holds who looked, not what they saw, and its retention is a legal duty
+of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from storage import memory_graphs
 from storage.database import Connection
 
 
@@ -54,6 +56,7 @@ async def erase_remains(conn: Connection, patient_id: UUID) -> Erased:
             patient_id,
         )
         memories = await conn.execute("DELETE FROM memories WHERE patient_id = $1", patient_id)
+        await memory_graphs.drop(conn, patient_id)
         await conn.execute("DELETE FROM embedding_queue WHERE patient_id = $1", patient_id)
         await conn.execute("DELETE FROM reply_leases WHERE patient_id = $1", patient_id)
     return Erased(*(_count(status) for status in (messages, threads, changes, memories)))

@@ -1,23 +1,23 @@
 """Memories: one embedding per message, and retrieval of a patient's nearest ones.
 
 Retrieval is always filtered by the patient's id in SQL, whatever the strategy, so no
-input can return another patient's memory. Two strategies, chosen by how many memories
-the patient has (bench/retrieval.py measures both; docs/benchmarks.md has the figures
-behind the limits here):
+input can return another patient's memory. Two strategies (bench/retrieval.py measures
+both; docs/benchmarks.md has the figures behind the sizes here):
 
 - exact: the patient's own rows (btree on patient_id), every distance computed. Exact,
   and fast while a patient has few memories; the vectors are stored in the row
   (sql/0004), which makes this scan several times cheaper than out of line. Most
   patients stay in this range.
-- approximate: the HNSW index with pgvector's iterative scan (0.8+), which keeps scanning
-  until enough rows pass the patient filter; used past `exact_limit` memories, where an
-  exact scan gets slow. Below a few thousand memories a filtered graph search finds a
-  small patient's rows unreliably, so small patients never go through it.
+- graph: a patient with more memories than that has a graph of their own
+  (storage/memory_graphs.py), an HNSW index over their vectors alone, searched with a
+  candidate list (`ef_search`) that grows with its size so that questions far from
+  anything the patient said still find the right memories. Its rows are read joined
+  back to `memories` and `messages`, so the patient filter and deletions hold there too.
 
-The planner must be kept on the index for the approximate query: after a few calls on a
-connection PostgreSQL switches to a generic plan that, assuming an average patient, reads
-the btree and sorts — exact results at exact-search cost. `enable_sort = off` (for that
-transaction only) leaves it the index order.
+The planner must be kept on the graph's index: after a few calls on a connection
+PostgreSQL may switch to a generic plan that reads the table and sorts — exact results
+at exact-search cost. `enable_sort = off` (for that transaction only) leaves it the
+index order.
 """
 
 from __future__ import annotations
@@ -29,10 +29,18 @@ from datetime import datetime
 from uuid import UUID
 
 from storage.database import Connection
+from storage.memory_graphs import graph_size, graph_table
 
 DEFAULT_K = 6
 DEFAULT_EXACT_LIMIT = 2000  # see exact_limit_for
-HNSW_EF_SEARCH = 100
+# A graph's candidate list (hnsw.ef_search): a twelfth of its size, within these bounds.
+# Questions near the patient's history find exact results at any size with the smallest;
+# a question on a topic they never raised needs a longer list as the graph grows (recall
+# 0.99 at 5,000 memories with 400, 0.82 at 20,000; 1000, pgvector's largest, gets 0.95
+# there but doubles the time of every retrieval, the time to first token included).
+# docs/benchmarks.md has the figures.
+GRAPH_EF_MIN = 200
+GRAPH_EF_MAX = 400
 HNSW_MAX_SCAN_TUPLES = 200_000
 # An iterative scan stops when it has used this many times work_mem, found or not.
 HNSW_SCAN_MEM_MULTIPLIER = 16
@@ -92,21 +100,35 @@ async def store_memories(
     )
 
 
-_SELECT = """
-    SELECT m.message_id, ms.role, ms.content, ms.created_at,
-           1 - (m.embedding <=> $2) AS similarity
-    FROM memories m JOIN messages ms ON ms.id = m.message_id
-    WHERE m.patient_id = $1 AND NOT ms.deleted AND ms.id <> ALL($4::uuid[])
+# Each distance is computed once, and only the k nearest are joined to their messages.
+# (A deleted message's memory is deleted with it; `NOT deleted` is a second guard.)
+_EXACT = """
+    SELECT m.message_id, ms.role, ms.content, ms.created_at, 1 - m.distance AS similarity
+    FROM (SELECT message_id, embedding <=> $2 AS distance FROM memories
+          WHERE patient_id = $1 AND message_id <> ALL($4::uuid[])
+          ORDER BY distance LIMIT $3) m
+    JOIN messages ms ON ms.id = m.message_id
+    WHERE NOT ms.deleted
+    ORDER BY m.distance
+"""
+# The graph's rows are read joined back to `memories` (a graph row that raced a delete
+# has none) with the patient's id. With iterative scan the index may return rows
+# slightly out of order; they are sorted again.
+_GRAPH = """
+    SELECT m.message_id, ms.role, ms.content, ms.created_at, 1 - g.distance AS similarity
+    FROM (SELECT message_id, embedding <=> $2 AS distance FROM {graph}
+          WHERE message_id <> ALL($4::uuid[])
+          ORDER BY distance LIMIT $3) g
+    JOIN memories m ON m.message_id = g.message_id AND m.patient_id = $1
+    JOIN messages ms ON ms.id = m.message_id
+    WHERE NOT ms.deleted
+    ORDER BY g.distance
 """
 
-# `+ 0` makes the ordering an expression the HNSW index cannot serve: the planner then
-# reads the patient's rows through the btree and sorts them (exact search).
-_EXACT = _SELECT + "ORDER BY (m.embedding <=> $2) + 0 LIMIT $3"
-# With iterative scan the index may return rows slightly out of order; sort them again.
-_APPROXIMATE = (
-    "SELECT * FROM (" + _SELECT + "ORDER BY m.embedding <=> $2 LIMIT $3) nearest "
-    "ORDER BY similarity DESC"
-)
+
+def graph_ef_search(size: float, k: int) -> int:
+    """The candidate list for a graph of about `size` memories (docs/benchmarks.md)."""
+    return max(k, min(GRAPH_EF_MAX, max(GRAPH_EF_MIN, int(size) // 12)))
 
 
 def exact_limit_for(vector_dim: int) -> int:
@@ -126,18 +148,12 @@ async def nearest_memories(
     k: int = DEFAULT_K,
     min_similarity: float = 0.0,
     exclude: Sequence[UUID] = (),
-    exact_limit: int = DEFAULT_EXACT_LIMIT,
 ) -> list[Memory]:
     """The patient's `k` memories most similar to `embedding` (at least `min_similarity`),
     most similar first, leaving out the messages in `exclude`."""
-    query = list(embedding)
-    count = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM memories WHERE patient_id = $1 LIMIT $2) few",
-        patient_id,
-        exact_limit + 1,
-    )
-    args = (patient_id, query, k, list(exclude))
-    if count <= exact_limit:
+    args = (patient_id, list(embedding), k, list(exclude))
+    size = await graph_size(conn, patient_id)
+    if size is None:
         rows = await conn.fetch(_EXACT, *args)
     else:
         async with conn.transaction():
@@ -153,11 +169,11 @@ async def nearest_memories(
                             THEN set_config('hnsw.scan_mem_multiplier', $3, true) END,
                        set_config('enable_sort', 'off', true)
                 """,
-                str(max(HNSW_EF_SEARCH, k)),
+                str(graph_ef_search(size, k)),
                 str(HNSW_MAX_SCAN_TUPLES),
                 str(HNSW_SCAN_MEM_MULTIPLIER),
             )
-            rows = await conn.fetch(_APPROXIMATE, *args)
+            rows = await conn.fetch(_GRAPH.format(graph=graph_table(patient_id)), *args)
     return [
         Memory(r["message_id"], r["role"], r["content"], r["created_at"], r["similarity"])
         for r in rows

@@ -147,8 +147,7 @@ async def bulk_memories(
     """Fixture data in bulk, outside the change log: `patients` new patients with one
     thread and `per_patient` messages each, every message with a memory whose `dim`
     coordinates are the SQL expression `coordinate` (it may use the coordinate's index
-    `i`, from 1). Drop the HNSW index first and build it afterwards when loading many:
-    inserting into it row by row is far slower than one build."""
+    `i`, from 1)."""
     await conn.execute(
         f"""
         WITH p AS (

@@ -91,9 +91,23 @@ async def test_synced_and_posted_messages_are_remembered_in_a_later_prompt(
     assert synced in prompt_of(upstream) and posted in prompt_of(upstream)
 
 
+async def graph_ready(db: asyncpg.Connection, patient: uuid.UUID) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT ready_at IS NOT NULL FROM memory_graphs WHERE patient_id = $1", patient
+        )
+    )
+
+
+# With RETRIEVAL_EXACT_LIMIT 1 the worker gives the patient a memory graph once two
+# memories are stored, and retrieval searches it.
+@pytest.mark.parametrize(
+    "chat_gateway", [{}, {"retrieval_exact_limit": 1}], ids=["exact", "graph"], indirect=True
+)
 async def test_an_edit_is_remembered_with_its_new_text_only_and_a_delete_not_at_all(
     chat_gateway: Gateway, upstream: Upstream, db: asyncpg.Connection
 ) -> None:
+    with_graph = chat_gateway.services.settings.retrieval_exact_limit == 1
     patient, notes, chat = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     edited, deleted = uuid.uuid4(), uuid.uuid4()
     old, new, gone = "My knee hurts on stairs", "My shoulder hurts on stairs", "My hip hurts"
@@ -106,6 +120,8 @@ async def test_an_edit_is_remembered_with_its_new_text_only_and_a_delete_not_at_
             return set(await memories(db, patient)) == {old, gone}
 
         await eventually(both, what="the first versions embedded")
+        if with_graph:
+            await eventually(lambda: graph_ready(db, patient), what="a memory graph")
         delete = {"mutation_id": "d", "entity": "message", "op": "delete", "id": str(deleted)}
         await push(ws, message(notes, new, edited), delete)
         # At once: the old vector and the deleted message's are forgotten.
@@ -119,6 +135,7 @@ async def test_an_edit_is_remembered_with_its_new_text_only_and_a_delete_not_at_
         await until(ws, "chat.done")
     prompt = prompt_of(upstream)
     assert new in prompt and old not in prompt and gone not in prompt
+    assert await graph_ready(db, patient) is with_graph
 
 
 async def test_a_push_of_500_messages_is_acknowledged_at_once_and_all_are_remembered(

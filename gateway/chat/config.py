@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from gateway.settings import Settings
-from storage.memories import exact_limit_for
 
 
 @dataclass(frozen=True)
@@ -17,7 +16,6 @@ class ChatConfig:
     max_replies_per_patient: int
     retrieval_k: int
     retrieval_min_similarity: float
-    exact_limit: int  # up to how many memories a patient's retrieval is an exact scan
     history_tokens: int
     first_token_timeout_s: float
     idle_timeout_s: float
@@ -31,14 +29,12 @@ class ChatConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatConfig:
         secret = settings.secret_key.get_secret_value().encode()
-        configured = settings.retrieval_exact_limit
         return cls(
             coalesce_s=settings.chat_coalesce_ms / 1000,
             reply_lease_s=settings.reply_lease_s,
             max_replies_per_patient=settings.max_replies_per_patient,
             retrieval_k=settings.retrieval_k,
             retrieval_min_similarity=settings.retrieval_min_similarity,
-            exact_limit=exact_limit_for(settings.vector_dim) if configured is None else configured,
             history_tokens=settings.chat_history_tokens,
             first_token_timeout_s=settings.chat_first_token_timeout_s,
             idle_timeout_s=settings.chat_idle_timeout_s,

@@ -139,7 +139,6 @@ class ReplyRun:
                     min_similarity=config.retrieval_min_similarity,
                     # What is already in the prompt as a recent turn is not a memory.
                     exclude=[reply.message_id, *(turn.id for turn in recent)],
-                    exact_limit=config.exact_limit,
                 )
             RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
         messages = build_messages(

@@ -3,10 +3,16 @@ embeds them in one call per batch (no connection held meanwhile), stores each me
 its message still has that text. A failed batch is due again after a doubling delay (at
 most EMBED_MAX_BACKOFF_S); nothing is lost, and a restart resumes where it stopped.
 
-It is background work: after the embedding call and after each few inserts (each is an
-HNSW insert in PostgreSQL) it rests EMBED_REST_FACTOR times as long as they took (longer
-when the machine is busy, since they then take longer), so that under a burst of writes
-the queue lags behind rather than the patients' own requests (docs/benchmarks.md)."""
+It also gives a patient their own memory graph once they have more memories than
+retrieval scans exactly (storage/memory_graphs.py): right after a batch for the patients
+in it, and every GRAPH_SWEEP_S for all (memories stored by the chat itself, a promotion
+that failed, a database from before graphs).
+
+It is background work: after the embedding call and after each few inserts (an HNSW
+insert for a patient with a graph) it rests EMBED_REST_FACTOR times as long as they took
+(longer when the machine is busy, since they then take longer), so that under a burst of
+writes the queue lags behind rather than the patients' own requests
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from uuid import UUID
 
 from gateway.memory.metrics import (
     EMBEDDED,
@@ -25,11 +32,13 @@ from gateway.providers.base import Embedder
 from gateway.settings import Settings
 from storage.database import Database
 from storage.embedding_queue import back_off, claim, depth
-from storage.memories import store_memories
+from storage.memories import exact_limit_for, store_memories
+from storage.memory_graphs import PromotionDelayed, due_for_graphs, promote
 
 log = logging.getLogger(__name__)
 
 DEPTH_EVERY_S = 5.0
+GRAPH_SWEEP_S = 600.0
 STORE_CHUNK = 4
 
 
@@ -40,6 +49,7 @@ class MemoryConfig:
     lease_s: float
     max_backoff_s: float
     rest_factor: float  # after a batch, rest this many times as long as it took
+    graph_limit: int  # a patient with more memories than this gets a memory graph
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MemoryConfig:
@@ -50,6 +60,11 @@ class MemoryConfig:
             lease_s=settings.chat_connect_timeout_s + settings.chat_idle_timeout_s + 30,
             max_backoff_s=settings.embed_max_backoff_s,
             rest_factor=settings.embed_rest_factor,
+            graph_limit=(
+                exact_limit_for(settings.vector_dim)
+                if settings.retrieval_exact_limit is None
+                else settings.retrieval_exact_limit
+            ),
         )
 
 
@@ -60,6 +75,7 @@ class EmbeddingWorker:
         self.embedder = embedder
         self._task: asyncio.Task[None] | None = None
         self._depth_at = 0.0
+        self._swept_at: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._work())
@@ -101,18 +117,40 @@ class EmbeddingWorker:
                 await store_memories(conn, stored[start : start + STORE_CHUNK])
             await asyncio.sleep((time.monotonic() - began) * self.config.rest_factor)
         EMBEDDED.inc(len(due))
+        await self.promote_due([item.patient_id for item in due])
         return len(due)
+
+    async def promote_due(self, patient_ids: list[UUID] | None = None) -> int:
+        """Give memory graphs to those of `patient_ids` (or of all patients) who are past
+        the limit without one; how many got one."""
+        async with self.db.acquire() as conn:
+            due = await due_for_graphs(conn, self.config.graph_limit, patient_ids)
+        promoted = 0
+        for patient_id in due:
+            try:
+                async with self.db.acquire() as conn:
+                    promoted += await promote(conn, patient_id)
+            except PromotionDelayed:  # the next batch or sweep tries again
+                log.info("a memory graph waits for an old transaction to end")
+        return promoted
 
     async def _work(self) -> None:
         while True:
             try:
                 taken = await self.run_once()
                 await self._report_depth()
+                await self._sweep()
             except Exception as exc:  # the database is unreachable: try again shortly
                 log.warning("the embedding worker failed: %s", type(exc).__name__)
                 taken = 0
             if taken < self.config.batch:
                 await asyncio.sleep(self.config.poll_s)
+
+    async def _sweep(self) -> None:
+        now = time.monotonic()
+        if self._swept_at is None or now - self._swept_at >= GRAPH_SWEEP_S:
+            self._swept_at = now
+            await self.promote_due()
 
     async def _report_depth(self) -> None:
         now = time.monotonic()
