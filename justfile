@@ -77,6 +77,11 @@ fmt: install
 migrate: install
     DEBUG="${DEBUG:-true}" {{bin}}/painar-gateway migrate
 
+# The fault suite's full form: 50 patients while processes die, Redis and PostgreSQL
+# restart, a partition and slow readers (bench/faults.py; the suite runs a short form)
+faults: install
+    {{bin}}/python -m bench.faults
+
 # Run the benchmarks in bench/ (one by name: just bench changes)
 bench name="": install
     #!/usr/bin/env bash

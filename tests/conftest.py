@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from storage.database import connect, prepare_schema
@@ -30,11 +29,11 @@ from tests.support import (
     TEST_SECRET,
     TIMEOUT_S,
     Gateway,
-    eventually,
     free_port,
     gateway_env,
     make_settings,
     serve_gateway,
+    wait_ready,
     with_database,
 )
 
@@ -269,15 +268,7 @@ async def gateway_process(
         stderr=log,
     )
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
-
-            async def ready() -> bool:
-                try:
-                    return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(ready, timeout=TIMEOUT_S * 3, what="the gateway process")
+        await wait_ready(port, TIMEOUT_S * 3, "the gateway process")
         yield process, f"ws://127.0.0.1:{port}/v1/ws"
     finally:
         if process.returncode is None:

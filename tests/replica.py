@@ -1,6 +1,7 @@
 """A device's local replica for the sync suites: fed only by `sync.delta` and
 `sync.changes`, it fills every version gap by pulling, and resends a push the gateway
-refused as too fast after backing off, the way a client should. A deleted entity keeps
+refused with a retryable error (too fast, busy, its database unavailable) after backing
+off, the way a client should. A deleted entity keeps
 no content (deletes erase it on the server too)."""
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from websockets.asyncio.client import ClientConnection
 
 from tests.wsclient import recv, send
 
-BACKOFF_S = 0.5  # after `rate_limited` or `busy`
+BACKOFF_S = 0.5  # after a retryable error
 ERASED_THREAD = ("", True)  # (title, deleted)
 ERASED_MESSAGE = ("", "", True)  # (thread, content, deleted)
 
@@ -28,7 +30,7 @@ class Replica:
     messages: dict[str, tuple[str, str, bool]] = field(default_factory=dict)  # thread, content
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
     pulls: int = 0
-    refusals: int = 0  # `rate_limited` and `busy` errors received
+    refusals: int = 0  # retryable errors received (`rate_limited`, `busy`, `unavailable`)
     _pull_serial: int = 0
 
     def apply(self, change: dict[str, Any]) -> None:
@@ -68,8 +70,8 @@ class Replica:
                 await self.catch_up(ws)
         elif kind == "sync.ack":
             self.acks[frame["ref"]] = frame
-        elif kind == "error" and frame["error"]["code"] in ("rate_limited", "busy"):
-            self.refusals += 1
+        elif kind == "error" and frame["error"].get("retryable"):
+            self.refusals += 1  # rate_limited, busy, unavailable: back off, send again
 
     async def catch_up(self, ws: ClientConnection) -> None:
         """Pull until nothing more follows, handling whatever arrives meanwhile."""
@@ -196,3 +198,22 @@ def random_mutations(rng: Any, replica: Replica, device: str, serial: int) -> li
                 }
             )
     return out
+
+
+async def database_state(
+    db: asyncpg.Connection, patient: uuid.UUID
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    # A deleted row is a tombstone: its content is erased (sql/0008_erasure.sql).
+    threads = {
+        str(r["id"]): ERASED_THREAD if r["deleted"] else (r["title"], False)
+        for r in await db.fetch(
+            "SELECT id, title, deleted FROM threads WHERE patient_id = $1", patient
+        )
+    }
+    messages = {
+        str(r["id"]): ERASED_MESSAGE if r["deleted"] else (str(r["thread_id"]), r["content"], False)
+        for r in await db.fetch(
+            "SELECT id, thread_id, content, deleted FROM messages WHERE patient_id = $1", patient
+        )
+    }
+    return threads, messages

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from starlette.applications import Starlette
 
 from gateway.app import Services, create_app
@@ -176,3 +177,17 @@ async def bulk_memories(
     await conn.execute(
         "DELETE FROM embedding_queue q USING memories m WHERE m.message_id = q.message_id"
     )
+
+
+async def wait_ready(port: int, timeout: float, what: str) -> None:
+    """Until the gateway on `port` answers /readyz with 200."""
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+
+        async def ready() -> bool:
+            try:
+                response = await http.get(f"http://127.0.0.1:{port}/readyz")
+            except httpx.TransportError:
+                return False
+            return response.status_code == 200
+
+        await eventually(ready, timeout=timeout, what=what)

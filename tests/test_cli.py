@@ -10,7 +10,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 
@@ -19,7 +18,8 @@ from gateway.settings import Settings, SettingsError, load_settings
 from storage.changes import MessageData, Mutation, ThreadData, apply_mutations, current_version
 from storage.database import connect
 from storage.migrations import default_directory
-from tests.support import SETTING_NAMES, TEST_SECRET, TIMEOUT_S, eventually, free_port, gateway_env
+from tests.support import SETTING_NAMES, TEST_SECRET, TIMEOUT_S, free_port, gateway_env
+from tests.support import wait_ready as support_wait_ready
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -235,16 +235,7 @@ async def start_serving(data_dir: Path, port: int) -> asyncio.subprocess.Process
 
 
 async def wait_ready(port: int) -> None:
-    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-
-        async def ready() -> bool:
-            try:
-                response = await client.get(f"http://127.0.0.1:{port}/readyz")
-            except httpx.TransportError:
-                return False
-            return response.status_code == 200
-
-        await eventually(ready, timeout=60, what="the gateway to become ready")
+    await support_wait_ready(port, 60, "the gateway to become ready")
 
 
 def embedded_dsn(pgdata: Path) -> str:

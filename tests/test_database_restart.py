@@ -18,6 +18,7 @@ import pytest
 
 from storage.database import prepare_schema
 from storage.embedded import EmbeddedPostgres
+from tests.chatkit import Upstream, chat_send, until
 from tests.support import eventually, make_settings, serve_gateway
 from tests.wsclient import expect_close, open_socket, patient_token, recv, send, session
 
@@ -87,3 +88,36 @@ async def test_postgres_restarting_under_the_gateway(own_postgres: EmbeddedPostg
         await send(ws, {"type": "sync.pull", "id": "q", "since": 0})
         titles = [c["data"]["title"] for c in (await answer(ws))["changes"]]
         assert titles == ["before", "during"]
+
+
+async def test_a_reply_that_ends_while_postgres_is_down_is_stored_once_it_is_back(
+    own_postgres: EmbeddedPostgres, upstream: Upstream
+) -> None:
+    """The reply's text exists only in the gateway until it is stored: it waits for the
+    database (STORE_RETRY_S) instead of being dropped, and chat.done follows the store."""
+    dsn = await asyncio.to_thread(own_postgres.start)
+    settings = make_settings(db_acquire_timeout_s=2, openai_base_url=upstream.url)
+    await prepare_schema(dsn, vector_dim=settings.vector_dim)
+    upstream.behaviour.tokens = ["Rest", " the", " knee", "."]
+    upstream.behaviour.token_delays = [0.0, 0.5, 0.5, 0.5]
+    thread = uuid.uuid4()
+    async with (
+        serve_gateway(settings, dsn) as gw,
+        session(gw.ws_url, patient_token(uuid.uuid4(), "headset")) as (ws, _),
+    ):
+        await send(ws, chat_send(thread, "My knee hurts"))
+        await until(ws, "chat.delta")
+        await asyncio.to_thread(own_postgres.stop)
+        text = ["Rest"]
+        while "".join(text) != "Rest the knee.":  # the whole stream, the database away
+            frame = await recv(ws)
+            assert frame["type"] != "chat.done", frame
+            if frame["type"] == "chat.delta":
+                text.append(frame["delta"])
+        assert await asyncio.to_thread(own_postgres.start) == dsn
+        _, done = await until(ws, "chat.done")
+        assert done["finish_reason"] == "stop"
+        await send(ws, {"type": "sync.pull", "id": "q", "since": 0})
+        _, changes = await until(ws, "sync.changes")
+    stored = [c["data"] for c in changes["changes"] if c["id"] == done["message_id"]]
+    assert [(d["role"], d["content"]) for d in stored] == [("assistant", "Rest the knee.")]

@@ -6,35 +6,15 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from typing import Any
 
 import asyncpg
 
 from tests.conftest import RedisServer
-from tests.replica import ERASED_MESSAGE, ERASED_THREAD, Replica, random_mutations
+from tests.replica import Replica, database_state, random_mutations
 from tests.support import TIMEOUT_S, make_settings, serve_gateway
 from tests.wsclient import patient_token, recv, send, session
 
 MUTATIONS_PER_DEVICE = 300
-
-
-async def database_state(
-    db: asyncpg.Connection, patient: uuid.UUID
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    # A deleted row is a tombstone: its content is erased (sql/0008_erasure.sql).
-    threads = {
-        str(r["id"]): ERASED_THREAD if r["deleted"] else (r["title"], False)
-        for r in await db.fetch(
-            "SELECT id, title, deleted FROM threads WHERE patient_id = $1", patient
-        )
-    }
-    messages = {
-        str(r["id"]): ERASED_MESSAGE if r["deleted"] else (str(r["thread_id"]), r["content"], False)
-        for r in await db.fetch(
-            "SELECT id, thread_id, content, deleted FROM messages WHERE patient_id = $1", patient
-        )
-    }
-    return threads, messages
 
 
 async def test_three_devices_on_two_processes_converge(

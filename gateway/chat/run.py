@@ -21,7 +21,7 @@ from gateway.realtime.hub import Hub
 from gateway.sync.writes import ChangeWriter
 from protocol.frames import ChatDone, ServerFrame, Usage
 from storage.changes import Applied, FinishReason, MessageData, Mutation, WriteResult
-from storage.database import Connection, Database
+from storage.database import Connection, Database, DatabaseUnavailable
 from storage.memories import nearest_memories, store_memory
 from storage.replies import recent_turns, release_reply, renew_reply
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 RECENT_TURNS = 20
 ECHO_WAIT_S = 0.05  # at most, for the last delta to come back from the broker
+# A streamed reply whose database went away (a restart, a failover) is stored once it is
+# back, trying for this long: its text exists only here. The lease is renewed meanwhile.
+STORE_RETRY_S = 30.0
 
 
 async def embed(embedder: Embedder, text: str, what: str) -> list[float] | None:
@@ -216,10 +219,19 @@ class ReplyRun:
             finish_reason=reason,
             reply_to=reply.message_id,
         )
-        await self.writer.write(
-            request.patient_id,
-            [Mutation("message", "upsert", reply.assistant_id, data)],
-            device_id=None,
-            after_commit=after_commit,
-        )
+        deadline, pause = time.monotonic() + STORE_RETRY_S, 0.1
+        while True:
+            try:
+                await self.writer.write(
+                    request.patient_id,
+                    [Mutation("message", "upsert", reply.assistant_id, data)],
+                    device_id=None,
+                    after_commit=after_commit,
+                )
+                break
+            except DatabaseUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
         CHAT_REPLIES.labels(reason).inc()
