@@ -45,19 +45,24 @@ run *args: install
     DEBUG="${DEBUG:-true}" exec {{bin}}/painar-gateway serve {{args}}
 
 # Run the test suite (arguments go to pytest)
-test *args: install speech-tools
+test *args: install test-tools
     {{bin}}/pytest {{args}}
 
-# The voice suites synthesise real speech: espeak-ng and sox (Debian packages)
-speech-tools:
+# The suite's Debian packages, installed when missing: espeak-ng, sox (speech), promtool
+test-tools:
     #!/usr/bin/env bash
     set -euo pipefail
-    if command -v espeak-ng >/dev/null && command -v sox >/dev/null; then exit 0; fi
+    missing=()
+    command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+    command -v sox >/dev/null || missing+=(sox)
+    command -v promtool >/dev/null || missing+=(prometheus)
+    if [ ${#missing[@]} = 0 ]; then exit 0; fi
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null \
-            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; }
+        # The prometheus package brings promtool; its server is not started here.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
     else
-        echo "just: the voice tests need espeak-ng and sox (apt-get install espeak-ng sox)" >&2
+        echo "just: the suite needs ${missing[*]} (apt-get install ${missing[*]})" >&2
         exit 1
     fi
 
@@ -82,13 +87,18 @@ migrate: install
 faults: install
     {{bin}}/python -m bench.faults
 
+# Draw the benchmarks' latest figures (docs/benchmarks/data/*.json) as PNG charts
+plots: install
+    {{bin}}/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[plots]'
+    {{bin}}/python -m bench.plot
+
 # Run the benchmarks in bench/ (one by name: just bench changes)
 bench name="": install
     #!/usr/bin/env bash
     set -euo pipefail
     for script in bench/*.py; do
         module=$(basename "$script" .py)
-        case "$module" in _*) continue ;; esac
+        case "$module" in _*|plot) continue ;; esac
         if [ -z "{{name}}" ] || [ "$module" = "{{name}}" ]; then
             {{bin}}/python -m "bench.$module"
         fi

@@ -32,7 +32,7 @@ from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
 from gateway.http.health import Readiness, healthz
 from gateway.http.limits import BodyLimitMiddleware, RestRateLimit
-from gateway.http.metrics import HttpMetricsMiddleware, metrics_endpoint
+from gateway.http.metrics import HttpMetricsMiddleware, MetricsEndpoint
 from gateway.http.rest import BearerAuth, error_response
 from gateway.jwks import JwksKeys
 from gateway.memory.worker import EmbeddingWorker, MemoryConfig
@@ -163,7 +163,7 @@ class Services:
         return [
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readiness.endpoint, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/metrics", MetricsEndpoint(readiness, self.db.use).endpoint, methods=["GET"]),
             Route("/sync/", SyncRoutes(self.sync, auth).endpoint, methods=["GET", "POST"]),
             Route("/chat/", ChatRoute(self.chat, auth).endpoint, methods=["POST"]),
             *AdminRoutes(self.care_teams, auth).routes(),

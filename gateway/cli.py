@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gateway import cli_admin
+from gateway import cli_admin, tracing
 from gateway.app import create_app
 from gateway.auth import issue_token
 from gateway.ops.error_reports import init_error_reports
@@ -151,6 +151,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         environment="development" if settings.debug else "production",
         release=_version(),
     )
+    tracing.configure(_version())
 
     def serve() -> int:
         with _database(settings) as dsn:
@@ -162,7 +163,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             server.run()
             return 0 if server.started else EXIT_STARTUP
 
-    return _exit_code(serve)
+    try:
+        return _exit_code(serve)
+    finally:
+        tracing.shutdown()  # sends the spans still buffered
 
 
 def _exit_code(work: Callable[[], int], unreachable: str = "database unreachable") -> int:

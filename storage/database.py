@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -89,6 +90,13 @@ def _unreachable(exc: BaseException) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class PoolUse:
+    in_use: int
+    idle: int
+    max: int
+
+
 class Database:
     """The gateway's pool, made at start-up: what uses the database is built before the
     event loop runs (an asyncpg pool belongs to the loop it was made in)."""
@@ -141,6 +149,13 @@ class Database:
             except Exception as exc:  # a connection that died cannot be reset: dropped
                 if not _unreachable(exc):
                     raise
+
+    def use(self) -> PoolUse:
+        pool = self._pool
+        if pool is None:
+            return PoolUse(0, 0, self._sizes[1])
+        idle = pool.get_idle_size()
+        return PoolUse(pool.get_size() - idle, idle, pool.get_max_size())
 
     async def ping(self) -> None:
         async with self.acquire() as conn:

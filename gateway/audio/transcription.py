@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from uuid import UUID
 
+from gateway import tracing
 from gateway.audio.config import AudioConfig
 from gateway.audio.metrics import AUDIO_FAILURES, TRANSCRIPTION_RTF, TRANSCRIPTION_SECONDS
 from gateway.audio.stream import AudioStream
@@ -125,9 +126,18 @@ class Transcriptions:
         """The transcriber's result, retried while failures are retryable."""
         assert self.transcriber is not None
         name = self.transcriber.name
+        with tracing.span("audio.transcribe", model=name, bytes=len(audio.data)) as span:
+            transcript = await self._attempts(audio, span)
+            span.set(audio_seconds=round(transcript.duration_s, 3))
+            return transcript
+
+    async def _attempts(self, audio: Audio, span: tracing.Span) -> Transcript:
+        assert self.transcriber is not None
+        name = self.transcriber.name
         attempt = 0
         while True:
             started = time.monotonic()
+            span.set(attempts=attempt + 1)
             try:
                 transcript = await self.transcriber.transcribe(audio)
             except UpstreamFailure as failure:

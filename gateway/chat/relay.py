@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import AsyncGenerator
 
+from gateway import tracing
 from gateway.chat.config import ChatConfig
 from gateway.chat.metrics import (
     CHAT_FIRST_TOKEN_ADDED,
@@ -46,7 +47,9 @@ class Relay:
         attempt = 0
         while True:
             try:
-                return await self._once(messages)
+                # Deltas published meanwhile carry this span to the processes they reach.
+                with tracing.span("chat.relay", model=self.chat.name, attempts=attempt + 1) as span:
+                    return await self._once(messages, span)
             except UpstreamFailure as failure:
                 UPSTREAM_ERRORS.labels(failure.kind).inc()
                 log.warning("model request failed: %s (attempt %d)", failure.kind, attempt + 1)
@@ -59,7 +62,7 @@ class Relay:
                 attempt += 1
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
-    async def _once(self, messages: list[dict[str, str]]) -> Usage | None:
+    async def _once(self, messages: list[dict[str, str]], span: tracing.Span) -> Usage | None:
         reply, config, stream = self.reply, self.config, self.reply.stream
         loop = asyncio.get_running_loop()
         idle_s = config.idle_timeout_s
@@ -69,6 +72,7 @@ class Relay:
         last = sent_at
         tokens = 0
         usage: Usage | None = None
+        waiting = tracing.begin("chat.model", model=self.chat.name)  # request to first token
         chunks: AsyncGenerator[ChatChunk, None] = self.chat.stream(messages)
         try:
             async with asyncio.timeout(config.first_token_timeout_s) as watchdog:
@@ -84,6 +88,7 @@ class Relay:
                         tokens += 1
                         if first is None:
                             first, rescheduled = last, now
+                            waiting.end(outcome="first_token")
                             watchdog.reschedule(now + idle_s)
                             CHAT_FIRST_TOKEN_UPSTREAM.observe(first - sent_at)
                         await self._add(chunk.delta, now)
@@ -107,6 +112,9 @@ class Relay:
                 timeout=True,
             ) from None
         finally:
+            if first is None:
+                waiting.end(outcome="no_token")
+            span.set(tokens=tokens)
             CHAT_TOKENS.inc(tokens)
             if first is not None and tokens > 1 and last > first:
                 CHAT_TOKEN_RATE.observe((tokens - 1) / (last - first))

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+from gateway import tracing
 from gateway.chat.config import ChatConfig
 from gateway.chat.metrics import CHAT_REPLIES, RETRIEVAL_LATENCY, UPSTREAM_ERRORS
 from gateway.chat.prompt import Turn, build_messages
@@ -37,13 +38,15 @@ STORE_RETRY_S = 30.0
 async def embed(embedder: Embedder, text: str, what: str) -> list[float] | None:
     """The text's embedding, or None when the embedding server fails (the reply goes on
     without memories rather than not at all)."""
-    try:
-        [vector] = await embedder.embed([text])
-        return vector
-    except Exception as exc:
-        UPSTREAM_ERRORS.labels("embedding").inc()
-        log.warning("embedding the %s failed: %s", what, type(exc).__name__)
-        return None
+    with tracing.span("chat.embed", what=what, model=embedder.name) as span:
+        try:
+            [vector] = await embedder.embed([text])
+            return vector
+        except Exception as exc:
+            UPSTREAM_ERRORS.labels("embedding").inc()
+            log.warning("embedding the %s failed: %s", what, type(exc).__name__)
+            span.set(outcome=type(exc).__name__)
+            return None
 
 
 class ReplyRun:
@@ -68,6 +71,12 @@ class ReplyRun:
         self.relay = Relay(reply, config, hub, models.chat)
 
     async def run(self) -> None:
+        reply = self.reply
+        with tracing.span("chat.reply", response_id=str(reply.id)) as span:
+            await self._run()
+            span.set(finish_reason=reply.stream.finish_reason or "error")
+
+    async def _run(self) -> None:
         reply = self.reply
         renewer = asyncio.create_task(self._renew_lease())
         try:
@@ -133,16 +142,18 @@ class ReplyRun:
         memories = []
         if vector is not None and config.retrieval_k > 0:
             started = time.perf_counter()
-            async with self.db.acquire() as conn:
-                memories = await nearest_memories(
-                    conn,
-                    request.patient_id,
-                    vector,
-                    k=config.retrieval_k,
-                    min_similarity=config.retrieval_min_similarity,
-                    # What is already in the prompt as a recent turn is not a memory.
-                    exclude=[reply.message_id, *(turn.id for turn in recent)],
-                )
+            with tracing.span("chat.retrieve") as span:
+                async with self.db.acquire() as conn:
+                    memories = await nearest_memories(
+                        conn,
+                        request.patient_id,
+                        vector,
+                        k=config.retrieval_k,
+                        min_similarity=config.retrieval_min_similarity,
+                        # What is already in the prompt as a recent turn is not a memory.
+                        exclude=[reply.message_id, *(turn.id for turn in recent)],
+                    )
+                span.set(memories=len(memories))
             RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
         messages = build_messages(
             request.text,
@@ -172,6 +183,10 @@ class ReplyRun:
 
     async def _finish(self, user_vector: list[float] | None, usage: Usage | None) -> None:
         """Send what is pending, store the reply and both embeddings, then `chat.done`."""
+        with tracing.span("chat.done", finish_reason=self.reply.stream.finish_reason or "error"):
+            await self._store(user_vector, usage)
+
+    async def _store(self, user_vector: list[float] | None, usage: Usage | None) -> None:
         reply = self.reply
         request, stream = reply.request, reply.stream
         await self.relay.flush()

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from uuid import UUID, uuid4, uuid5
 
+from gateway import tracing
 from gateway.chat.config import ChatConfig
 from gateway.chat.replies import CANCEL_SIGNAL, ChatRequest, LiveReplies, Reply, Watcher
 from gateway.chat.resume import Resumes
@@ -67,6 +68,23 @@ class ChatService:
         `ack` is called once the message is stored, with the response id (None when no
         reply follows), before `chat.message` is published.
         """
+        with tracing.span(
+            "chat.send", patient_id=str(request.patient_id), thread_id=str(request.thread_id)
+        ) as span:
+            accepted = await self._accept(request, ack, notify, watcher)
+            if isinstance(accepted, Reply):
+                span.set(response_id=str(accepted.id), outcome="accepted")
+            else:
+                span.set(outcome="refused" if accepted is not None else "replay")
+            return accepted
+
+    async def _accept(
+        self,
+        request: ChatRequest,
+        ack: Callable[[UUID | None], None],
+        notify: Callable[[ProtocolError], None] | None,
+        watcher: Watcher | None,
+    ) -> Reply | ProtocolError | None:
         message_id = self._message_id(request)
         reply = Reply(request, message_id, self.config.coalesce_s)
         async with self.db.acquire() as conn:

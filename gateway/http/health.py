@@ -30,19 +30,23 @@ class Readiness:
         self.probes = probes  # part name -> a check that raises unless it works now
         self.draining = draining
 
-    async def endpoint(self, request: Request) -> JSONResponse:
+    async def check(self) -> dict[str, object]:
+        """`status` (ready, draining, unavailable), and `failing` and `checks` unless
+        draining (then nothing is probed)."""
         if self.draining():
             # Shutting down: the load balancer should send new clients elsewhere.
-            body = {"status": "draining", "failing": ["draining"]}
-            return JSONResponse(body, status_code=503)
+            return {"status": "draining", "failing": ["draining"]}
         probes = self.probes
         results = await asyncio.gather(*(_run(name, probe) for name, probe in probes.items()))
         checks = dict(zip(probes, results, strict=True))
         failing = [name for name, result in checks.items() if result != "ok"]
         if failing:
-            unavailable = {"status": "unavailable", "failing": failing, "checks": checks}
-            return JSONResponse(unavailable, status_code=503)
-        return JSONResponse({"status": "ready", "checks": checks})
+            return {"status": "unavailable", "failing": failing, "checks": checks}
+        return {"status": "ready", "checks": checks}
+
+    async def endpoint(self, request: Request) -> JSONResponse:
+        body = await self.check()
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 
 async def _run(name: str, probe: Probe) -> str:

@@ -4,12 +4,16 @@ statuses only: never ids, paths with ids in them, or anything a patient wrote.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.http.health import Readiness
+from storage.database import PoolUse
 
 HTTP_REQUESTS = Counter(
     "http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -19,6 +23,12 @@ HTTP_DURATION = Histogram(
     "Time to answer an HTTP request, until the response starts",
     ["method", "route", "status"],
 )
+
+# Evaluated at each scrape, so that an alert needs no prober of its own.
+READY = Gauge("gateway_ready", "1 when /readyz would answer 200 (evaluated at each scrape)")
+READY_CHECKS = Gauge("gateway_ready_check", "1 when the part answers its readiness probe", ["part"])
+DB_POOL = Gauge("db_pool_connections", "Database pool connections", ["state"])
+DB_POOL_MAX = Gauge("db_pool_max_connections", "The database pool's largest size (DB_POOL_MAX)")
 
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -62,5 +72,22 @@ def _route_template(scope: Scope) -> str:
     return partial
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+class MetricsEndpoint:
+    """`GET /metrics`: refreshes readiness and the pool's use, then every metric."""
+
+    def __init__(self, readiness: Readiness, pool_use: Callable[[], PoolUse]) -> None:
+        self.readiness = readiness
+        self.pool_use = pool_use
+
+    async def endpoint(self, request: Request) -> Response:
+        state = await self.readiness.check()
+        READY.set(state["status"] == "ready")
+        checks = state.get("checks")
+        if isinstance(checks, dict):
+            for part, result in checks.items():
+                READY_CHECKS.labels(part).set(result == "ok")
+        pool = self.pool_use()
+        DB_POOL.labels("in_use").set(pool.in_use)
+        DB_POOL.labels("idle").set(pool.idle)
+        DB_POOL_MAX.set(pool.max)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ import orjson
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from gateway import tracing
 from gateway.auth import AdminIdentity, AuthError, Principal
 from gateway.realtime.metrics import CLOSES, ERRORS_SENT
 from gateway.realtime.outbox import Send
@@ -38,14 +39,20 @@ async def websocket_endpoint(realtime: RealtimeService, ws: WebSocket, send: Sen
         return
     offered = ws.scope.get("subprotocols") or []
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    # Ended by the session once session.ready is out (its frames are traces of their own).
+    connect = tracing.begin("ws.connect")
     try:
-        identity = await _authenticate(ws, realtime)
+        with tracing.span("ws.auth", connect):
+            identity = await _authenticate(ws, realtime)
     except AuthError as exc:
+        connect.end(outcome="unauthenticated")
         await _refuse(ws, str(exc))
         return
     if identity is None:
+        connect.end(outcome="left")
         return  # the client left before authenticating
     if isinstance(identity, AdminIdentity):
+        connect.end(outcome="forbidden")
         await _refuse(
             ws,
             "admin tokens are for the admin HTTP API, not sockets",
@@ -53,7 +60,8 @@ async def websocket_endpoint(realtime: RealtimeService, ws: WebSocket, send: Sen
             CloseCode.FORBIDDEN,
         )
         return
-    await Session(ws, send, identity, realtime).run()
+    connect.set(role=identity.role)
+    await Session(ws, send, identity, realtime, connect).run()
 
 
 async def _authenticate(ws: WebSocket, realtime: RealtimeService) -> Principal | None:

@@ -5,6 +5,10 @@ message; each process hands the same text to each of its local listeners. The en
 carries, ahead of the JSON: the publish time (for the fan-out latency metric), the origin
 time (what caused the frame, e.g. the push behind a sync.delta), the publishing hub's id
 and its sequence number for this publish, and the frame type (for the frames-out metric).
+When traces are on and a span is current, the envelope starts with a marker byte and the
+span's context (gateway/tracing.py), and the receiving process's delivery is its child.
+Untraced envelopes are unchanged, so processes of the previous release read them during
+a rolling upgrade; turn traces on once every process runs this release.
 
 The publisher id and sequence let a publisher know that its own message has come back
 from the broker, i.e. has reached every subscribed process (`came_back`): a broker
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 from uuid import UUID
 
+from gateway import tracing
 from gateway.realtime.broker import Broker
 from gateway.realtime.metrics import FANOUT_LATENCY, FRAMES_OUT, SYNC_PUSH_TO_DELIVERY
 from protocol.codec import encode
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 # Publish time, origin time (unix seconds), publisher id, publish sequence, then the
 # length of the frame type's name.
 _HEADER = struct.Struct(">ddQQB")
+# A traced envelope: this byte, the trace context, then the header. An untraced one starts
+# with a big-endian double of the current time, whose first byte is never 1.
+_TRACED = 1
 
 # Signals travel like frames but are handled by the process, not sent to sockets:
 # (topic, payload).
@@ -51,11 +59,19 @@ def patient_topic(patient_id: UUID) -> str:
 
 
 def envelope(
-    frame_type: str, payload: bytes, origin: float | None = None, publisher: int = 0, seq: int = 0
+    frame_type: str,
+    payload: bytes,
+    origin: float | None = None,
+    publisher: int = 0,
+    seq: int = 0,
+    trace: bytes = b"",
 ) -> bytes:
     kind = frame_type.encode()
     now = time.time()
-    return _HEADER.pack(now, origin or now, publisher, seq, len(kind)) + kind + payload
+    header = _HEADER.pack(now, origin or now, publisher, seq, len(kind))
+    if trace:
+        return bytes((_TRACED,)) + trace + header + kind + payload
+    return header + kind + payload
 
 
 class Hub:
@@ -139,7 +155,8 @@ class Hub:
     async def _publish(self, topic: str, kind: str, payload: bytes, origin: float | None) -> int:
         self._published += 1
         seq = self._published
-        await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq))
+        trace = tracing.wire_context()
+        await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq, trace))
         return seq
 
     async def _subscribed(self, topic: str) -> None:
@@ -159,22 +176,34 @@ class Hub:
         return len(self._topics.get(topic, ())) + self._holds.get(topic, 0)
 
     def _deliver(self, topic: str, message: bytes) -> None:
+        if message[0] == _TRACED:
+            trace = message[1 : 1 + tracing.WIRE_SIZE]
+            message = message[1 + tracing.WIRE_SIZE :]
+            with tracing.span("hub.deliver", tracing.from_wire(trace)) as span:
+                frame_type = self._deliver_untraced(topic, message)
+                span.set(frame_type=frame_type, listeners=len(self._topics.get(topic, ())))
+        else:
+            self._deliver_untraced(topic, message)
+
+    def _deliver_untraced(self, topic: str, message: bytes) -> str:
+        """Deliver one envelope; its frame type ("" when this process has no interest)."""
         published_at, origin, publisher, seq, kind_length = _HEADER.unpack_from(message)
         if publisher == self.id:
             self._own_came_back(seq)
         if topic not in self._topics and topic not in self._holds:
-            return
+            return ""
         start = _HEADER.size
         frame_type = message[start : start + kind_length].decode()
         handler = self._signal_handlers.get(frame_type)
         if handler is not None:
             handler(topic, message[start + kind_length :])
-            return
+            return frame_type
         self.deliver_local(topic, frame_type, message[start + kind_length :].decode())
         now = time.time()
         FANOUT_LATENCY.observe(max(0.0, now - published_at))
         if frame_type == "sync.delta":
             SYNC_PUSH_TO_DELIVERY.observe(max(0.0, now - origin))
+        return frame_type
 
     def deliver_local(self, topic: str, frame_type: str, text: str) -> None:
         """Hand an encoded frame to this process's listeners of `topic` only."""

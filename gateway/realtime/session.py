@@ -20,6 +20,7 @@ from uuid import UUID
 
 from starlette.websockets import WebSocket
 
+from gateway import tracing
 from gateway.auth import Identity, PatientIdentity, same_holder
 from gateway.ratelimit import TokenBucket
 from gateway.realtime.admission import Admission
@@ -45,9 +46,15 @@ class Session:
     """One socket; the `Peer` that handlers answer through."""
 
     def __init__(
-        self, ws: WebSocket, send: Send, identity: Identity, realtime: RealtimeService
+        self,
+        ws: WebSocket,
+        send: Send,
+        identity: Identity,
+        realtime: RealtimeService,
+        connect: tracing.Span = tracing.OFF,
     ) -> None:
         self._id = uuid.uuid4()
+        self._connect = connect  # the connect's span, ended once session.ready is out
         self.ws = ws
         # A patient's socket always has a device id: its idempotency keys are the device's.
         # A token without one gets this socket's own (session.ready says so).
@@ -191,12 +198,14 @@ class Session:
                 # read: nothing published after them is missed.
                 self._held = []
                 await realtime.hub.join(self.topic, self)
-            await self._ready()
-            if patient is not None:
-                member = device_member(self.id, identity.device_id)
-                devices = await realtime.presence.joined(patient.patient_id, member)
-                if devices > realtime.config.max_sockets_per_patient:
-                    self._over_the_socket_cap()
+            with tracing.span("ws.ready", self._connect):
+                await self._ready()
+                if patient is not None:
+                    member = device_member(self.id, identity.device_id)
+                    devices = await realtime.presence.joined(patient.patient_id, member)
+                    if devices > realtime.config.max_sockets_per_patient:
+                        self._over_the_socket_cap()
+            self._connect.end(outcome="ready")
             self._receiving = True
             await self._receive_loop()
         except asyncio.CancelledError:
@@ -214,6 +223,7 @@ class Session:
             self.send_error(ProtocolError(ErrorCode.INTERNAL, "internal error", retryable=True))
             self.close(CloseCode.INTERNAL, "internal error")
         finally:
+            self._connect.end(outcome="closed")  # before session.ready was out
             self._receiving = False
             await self._clean_up()
             if self.topic is not None and patient is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from gateway import tracing
 from gateway.sync.metrics import SYNC_MUTATIONS, SYNC_PULLS
 from gateway.sync.writes import ChangeWriter, wire_change
 from protocol.frames import Change, MessageFields, RejectedMutation, ThreadFields
@@ -75,6 +76,20 @@ class SyncService:
         raw_mutations: Sequence[Any],
         *,
         origin: float | None = None,
+    ) -> PushResult:
+        with tracing.span(
+            "sync.push", patient_id=str(patient_id), mutations=len(raw_mutations)
+        ) as span:
+            result = await self._push(patient_id, device_id, raw_mutations, origin)
+            span.set(changes=len(result.applied), rejected=len(result.rejected))
+            return result
+
+    async def _push(
+        self,
+        patient_id: UUID,
+        device_id: str,
+        raw_mutations: Sequence[Any],
+        origin: float | None,
     ) -> PushResult:
         parsed = [parse_mutation(raw) for raw in raw_mutations]
         valid = [p for p in parsed if isinstance(p, ValidMutation)]

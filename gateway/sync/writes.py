@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
+from gateway import tracing
 from gateway.realtime.broker import BrokerUnavailable
 from gateway.realtime.hub import Hub, patient_topic
 from protocol.frames import Change, ServerFrame, SyncDelta
@@ -44,12 +45,25 @@ class ChangeWriter:
         after_commit: AfterCommit | None = None,
     ) -> WriteResult:
         origin = origin or time.time()
+        with tracing.span("sync.write", patient_id=str(patient_id), mutations=len(mutations)):
+            return await self._write(patient_id, mutations, device_id, origin, after_commit)
+
+    async def _write(
+        self,
+        patient_id: UUID,
+        mutations: Sequence[Mutation],
+        device_id: str | None,
+        origin: float,
+        after_commit: AfterCommit | None,
+    ) -> WriteResult:
         # The patient's lock is held from before the write until the connection returns to
         # the pool, after the publish (see apply_mutations).
         async with self.db.acquire() as conn:
-            result = await apply_mutations(
-                conn, patient_id, mutations, device_id=device_id, hold_until_release=True
-            )
+            with tracing.span("sync.commit") as span:
+                result = await apply_mutations(
+                    conn, patient_id, mutations, device_id=device_id, hold_until_release=True
+                )
+                span.set(changes=len(result.changes), version=result.version)
             frames = list(await after_commit(conn, result)) if after_commit is not None else []
             if result.changes:
                 frames.append(
@@ -60,11 +74,13 @@ class ChangeWriter:
                     )
                 )
             topic = patient_topic(patient_id)
-            try:
-                for frame in frames:
-                    await self.hub.publish(topic, frame, origin)
-            except BrokerUnavailable:
-                pass  # stored; clients catch up through sync.version and sync.pull
+            with tracing.span("sync.publish", frames=len(frames)) as span:
+                try:
+                    for frame in frames:
+                        await self.hub.publish(topic, frame, origin)
+                except BrokerUnavailable:
+                    span.set(outcome="broker_unavailable")
+                    # stored; clients catch up through sync.version and sync.pull
         return result
 
 
