@@ -46,9 +46,9 @@ run *args: install
 
 # Run the test suite (arguments go to pytest)
 test *args: install test-tools
-    {{bin}}/pytest {{args}}
+    {{bin}}/pytest -n 2 {{args}}
 
-# The suite's Debian packages, installed when missing: espeak-ng, sox (speech), promtool
+# What the suite needs besides Python, installed when missing: espeak-ng, sox, promtool, Node
 test-tools:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -56,14 +56,21 @@ test-tools:
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
     command -v sox >/dev/null || missing+=(sox)
     command -v promtool >/dev/null || missing+=(prometheus)
-    if [ ${#missing[@]} = 0 ]; then exit 0; fi
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        # The prometheus package brings promtool; its server is not started here.
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
-    else
-        echo "just: the suite needs ${missing[*]} (apt-get install ${missing[*]})" >&2
-        exit 1
+    command -v npm >/dev/null || missing+=(nodejs npm)
+    if [ ${#missing[@]} != 0 ]; then
+        if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+            # The prometheus package brings promtool; its server is not started here.
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+                || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+        else
+            echo "just: the suite needs ${missing[*]} (apt-get install ${missing[*]})" >&2
+            exit 1
+        fi
+    fi
+    # The official AsyncAPI parser, at the versions in its lock file.
+    if [ ! -d tests/asyncapi/node_modules ] || [ tests/asyncapi/package-lock.json -nt tests/asyncapi/node_modules ]; then
+        npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
+        touch tests/asyncapi/node_modules
     fi
 
 # ruff check, ruff format --check, mypy, lint-imports (the layering)
@@ -77,6 +84,10 @@ lint: install
 fmt: install
     {{bin}}/ruff format .
     {{bin}}/ruff check --fix .
+
+# A token for the gateway `just run` serves (same SECRET_KEY; e.g. --role patient --sub UUID)
+token *args: install
+    @DEBUG="${DEBUG:-true}" {{bin}}/painar-gateway token {{args}}
 
 # Apply pending database migrations (embedded database unless DATABASE_URL is set)
 migrate: install

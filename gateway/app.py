@@ -30,6 +30,7 @@ from gateway.chat.handlers import ChatHandlers
 from gateway.chat.replies import ChatRequest
 from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
+from gateway.http.contract import asyncapi, upgrade_required
 from gateway.http.health import Readiness, healthz
 from gateway.http.limits import BodyLimitMiddleware, RestRateLimit
 from gateway.http.metrics import HttpMetricsMiddleware, MetricsEndpoint
@@ -162,6 +163,9 @@ class Services:
         )
         return [
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/asyncapi.json", asyncapi, methods=["GET"]),
+            # A plain GET of the socket's path (a browser, curl): how to connect instead.
+            Route(WS_PATH, upgrade_required, methods=["GET"]),
             Route("/readyz", readiness.endpoint, methods=["GET"]),
             Route("/metrics", MetricsEndpoint(readiness, self.db.use).endpoint, methods=["GET"]),
             Route("/sync/", SyncRoutes(self.sync, auth).endpoint, methods=["GET", "POST"]),

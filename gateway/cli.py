@@ -17,12 +17,11 @@ from uuid import UUID
 import asyncpg
 
 from gateway import cli_admin, tracing
-from gateway.app import create_app
 from gateway.auth import issue_token
 from gateway.ops.error_reports import init_error_reports
 from gateway.ops.logs import configure_logging
-from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings, SettingsError, load_settings
+from protocol.asyncapi import asyncapi_document
 from protocol.schema import protocol_schema
 from storage.database import prepare_schema
 from storage.embedded import EmbeddedPostgres, EmbeddedPostgresUnavailable
@@ -42,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":  # needs no settings
         print(json.dumps(protocol_schema(), indent=2))
+        return 0
+    if args.command == "asyncapi":
+        print(json.dumps(asyncapi_document(args.host), indent=2))
         return 0
     try:
         settings = load_settings()
@@ -73,12 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser("schema", help="print the JSON Schema of every protocol frame")
-    token = commands.add_parser("token", help="print a signed JWT for local use")
+    asyncapi = commands.add_parser("asyncapi", help="print the protocol as an AsyncAPI document")
+    asyncapi.add_argument(
+        "--host", default="localhost:8000", help="the server's host:port in the document"
+    )
+    token = commands.add_parser(
+        "token",
+        help="print a JWT signed with SECRET_KEY (under `just run`: `just token ...`)",
+    )
     token.add_argument("--role", choices=["patient", "clinician", "admin"], required=True)
     token.add_argument("--sub", type=UUID, required=True, help="subject (UUID)")
     token.add_argument("--patient-id", type=UUID, help="patient (UUID; default: --sub)")
     token.add_argument("--device-id", help="device id (free string, at most 128 characters)")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="lifetime in seconds (default %(default)s)"
+    )
     cli_admin.add_commands(commands)
     return parser
 
@@ -152,6 +163,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         release=_version(),
     )
     tracing.configure(_version())
+
+    # Imported here: the model clients and the web stack take a second to import, which
+    # the other commands (token, schema, care-team...) need not wait for.
+    from gateway.app import create_app
+    from gateway.server import GatewayServer, uvicorn_config
 
     def serve() -> int:
         with _database(settings) as dsn:

@@ -332,6 +332,8 @@ class Ack(ServerFrame):
     ref: str
     # chat.send: the reply that is coming (so it can be cancelled before its first delta).
     response_id: UUID | None = None
+    # chat.cancel: whether a reply was streaming and is stopped (false: it had ended).
+    stopped: bool | None = None
 
 
 class ErrorBody(ServerPart):

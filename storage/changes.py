@@ -5,7 +5,9 @@ applied mutation, numbered with the patient's next versions, in one transaction.
 patient's row is locked first, which serialises that patient's writers (other patients
 are not affected): versions start at 1 and rise by exactly 1, and a rolled-back write
 leaves no gap. A mutation whose `(device_id, mutation_id)` was applied before is reported
-as a duplicate and changes nothing.
+as a duplicate and changes nothing; the duplicate says whether it repeats that change
+exactly (a replay) or is another change under a reused key (a client's bug, which the
+caller refuses, naming its key field).
 
 A rejected mutation writes nothing: each write either applies fully or matches no row,
 and only then are read-only queries run to name the reason.
@@ -79,6 +81,7 @@ class Applied:
 @dataclass(frozen=True)
 class Duplicate:
     version: int  # the version the first application received
+    same: bool = True  # the same change again (entity, op, id and the data it gave)
 
 
 @dataclass(frozen=True)
@@ -138,14 +141,20 @@ async def apply_mutations(
     )
     *outcomes, end = rows
     result = WriteResult(version=end["latest"])
+    # Replays are rare (a lost answer): what they first wrote is read only for them.
+    replayed = [row["version"] for row in outcomes if row["outcome"] == "duplicate"]
+    first_writes = await _changes_at(conn, patient_id, replayed) if replayed else {}
+    sent = iter(payload)
     from_database = iter(outcomes)
     for n, m in enumerate(mutations):
         if n in early:
             result.results.append(early[n])
             continue
-        row = next(from_database)
+        row, pushed = next(from_database), next(sent)
         if row["outcome"] == "duplicate":
-            result.results.append(Duplicate(row["version"]))
+            first = first_writes.get(row["version"])
+            same = first is not None and _same_change(pushed, first)
+            result.results.append(Duplicate(row["version"], same))
         elif row["outcome"] == "rejected":
             result.results.append(Rejected(ErrorCode(row["code"]), row["message"]))
         else:
@@ -179,6 +188,41 @@ def _payload_data(m: Mutation) -> dict[str, Any] | None | Rejected:
         "finish_reason": m.data.finish_reason,
         "reply_to": m.data.reply_to,
     }
+
+
+async def _changes_at(conn: Connection, patient_id: UUID, versions: list[int]) -> dict[int, Any]:
+    rows = await conn.fetch(
+        "SELECT version, entity, op, entity_id, data FROM changes"
+        " WHERE patient_id = $1 AND version = ANY($2::bigint[])",
+        patient_id,
+        versions,
+    )
+    return {row["version"]: row for row in rows}
+
+
+def _same_change(pushed: dict[str, Any], first: Any) -> bool:
+    """Whether a mutation repeats the change its key first wrote: the same entity, op and
+    id, and every value it gives equal to what was stored (times compared as instants)."""
+    if (pushed["entity"], pushed["id"]) != (first["entity"], first["entity_id"]):
+        return False
+    if first["op"] == "delete" and first["data"] is None and pushed["op"] == "upsert":
+        # Erased since (a delete blanks every earlier change of the entity): what it wrote
+        # cannot be compared any more, and the entity is gone either way.
+        return True
+    if pushed["op"] != first["op"]:
+        return False
+    given, stored = pushed["data"] or {}, first["data"] or {}
+    for key, value in given.items():
+        if key not in stored:
+            continue
+        if value is None and (key == "created_at" or stored[key] is None):
+            continue  # no time given: the server's, whenever it was
+        if isinstance(value, datetime):
+            if stored[key] is None or datetime.fromisoformat(stored[key]) != value:
+                return False
+        elif value is None or stored[key] is None or str(value) != str(stored[key]):
+            return False
+    return True
 
 
 def patient_lock_key(patient_id: UUID) -> int:

@@ -87,11 +87,13 @@ async def test_a_replayed_mutation_is_recognised_and_not_applied_twice(
     first = await apply_mutations(db, patient, [thread], device_id="headset")
     before = await snapshot(db)
 
-    replay = Mutation("thread", "upsert", thread.id, ThreadData("changed title"), "m-1")
-    again = await apply_mutations(db, patient, [replay], device_id="headset")
-
-    assert again.results == [Duplicate(version=1)]
-    assert again.version == first.version == 1
+    again = await apply_mutations(db, patient, [thread], device_id="headset")
+    assert again.results == [Duplicate(version=1, same=True)]
+    # The same key for another change: still not applied, and reported as not the same.
+    reused = Mutation("thread", "upsert", thread.id, ThreadData("changed title"), "m-1")
+    other = await apply_mutations(db, patient, [reused], device_id="headset")
+    assert other.results == [Duplicate(version=1, same=False)]
+    assert again.version == other.version == first.version == 1
     assert await snapshot(db) == before
 
 

@@ -239,7 +239,11 @@ async def test_cancel_stops_the_model_and_keeps_the_partial_reply(
         await until(ws, "chat.delta")
         await send(ws, {"type": "chat.cancel", "id": "x", "response_id": ack["response_id"]})
         before, done = await until(ws, "chat.done")
-        assert {"type": "ack", "ref": "x"} in before
+        assert {"type": "ack", "ref": "x", "stopped": True} in before
+        # Again, once it has ended: nothing to stop, and the ack says so.
+        await send(ws, {"type": "chat.cancel", "id": "y", "response_id": ack["response_id"]})
+        stopped = await recv(ws, skip=("sync.delta", "presence"))
+        assert stopped == {"type": "ack", "ref": "y", "stopped": False}
     assert done["finish_reason"] == "cancelled"
     rows = await messages_of(db, thread)
     stored = rows[1]["content"]
@@ -360,6 +364,7 @@ async def test_client_message_ids_and_sync_push_mutation_ids_do_not_collide(
         push = {"mutation_id": "7", "entity": "thread", "op": "upsert", "id": str(thread)}
         await send(ws, {"type": "sync.push", "id": "p", "mutations": [{**push, "data": title}]})
         assert (await until(ws, "sync.ack"))[1]["applied"] == ["7"]
+        await until(ws, "sync.delta")  # after the ack, on the pushing socket
         await send(ws, chat_send(thread, "My knee is stiff", client_message_id="7"))
         ack = await recv(ws)
         assert ack["type"] == "ack" and "response_id" in ack

@@ -79,7 +79,8 @@ async def test_cancel_from_a_device_on_the_other_process(
             _, delta = await until(phone, "chat.delta")
             cancel = {"type": "chat.cancel", "id": "stop", "response_id": ack["response_id"]}
             await send(phone, cancel)
-            _, done = await until(phone, "chat.done")
+            before, done = await until(phone, "chat.done")
+            assert {"type": "ack", "ref": "stop", "stopped": True} in before
             assert done["finish_reason"] == "cancelled"
     rows = await messages_of(db, thread)
     assert rows[1]["finish_reason"] == "cancelled"

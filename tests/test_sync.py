@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from gateway.auth import issue_token
@@ -50,8 +52,18 @@ async def answer(ws: Any) -> dict[str, Any]:
 
 
 async def push(ws: Any, frame_id: str, *mutations: Any) -> dict[str, Any]:
+    """Push; the answer. The push's own sync.delta, which follows its ack, is held for
+    next_delta."""
     await send(ws, {"type": "sync.push", "id": frame_id, "mutations": list(mutations)})
-    return await answer(ws)
+    reply = await answer(ws)
+    if reply["type"] == "sync.ack" and reply["applied"]:
+        while True:
+            delta = await recv(ws)
+            assert delta["type"] == "sync.delta", delta
+            held.setdefault(id(ws), []).append(delta)
+            if delta["version"] >= reply["version"]:
+                break
+    return reply
 
 
 async def next_delta(ws: Any) -> dict[str, Any]:
@@ -90,21 +102,83 @@ async def test_a_push_is_acked_and_every_device_gets_the_delta(gateway: Gateway)
             assert (second["device_id"], second["mutation_id"]) == ("headset", "m2")
 
 
-async def test_a_replayed_push_is_a_duplicate_and_changes_nothing(
+async def test_a_replayed_push_is_a_duplicate_and_a_reused_mutation_id_a_conflict(
     gateway: Gateway, db: asyncpg.Connection
 ) -> None:
     patient = uuid.uuid4()
-    t = uuid.uuid4()
+    t, m = uuid.uuid4(), uuid.uuid4()
+    written = message("m2", t, "Knee aches", id=m, created_at="2026-11-29T10:00:00+02:00")
     async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, _):
-        first = await push(ws, "p1", thread("m1", t, "Original"))
+        first = await push(ws, "p1", thread("m1", t, "Original"), written)
         await next_delta(ws)
         before = await db.fetch("SELECT * FROM threads ORDER BY id")
-        again = await push(ws, "p2", thread("m1", t, "Changed on replay"))
-        assert again["duplicates"] == ["m1"] and again["applied"] == []
-        assert again["version"] == first["version"] == 1
+        # The same changes again (the time given in another form, the same instant).
+        replay = message("m2", t, "Knee aches", id=m, created_at="2026-11-29T08:00:00Z")
+        again = await push(ws, "p2", thread("m1", t, "Original"), replay)
+        assert again["duplicates"] == ["m1", "m2"] and again["applied"] == []
+        assert again["version"] == first["version"] == 2
+        # The same keys for different changes: a client bug, refused by name.
+        reused = await push(
+            ws,
+            "p3",
+            thread("m1", t, "Changed on replay"),
+            message("m2", t, "Another text", id=m),
+            thread("m2", uuid.uuid4()),
+        )
+        assert reused["applied"] == [] and reused["duplicates"] == []
+        assert [(r["mutation_id"], r["code"]) for r in reused["rejected"]] == [
+            ("m1", "conflict"),
+            ("m2", "conflict"),
+            ("m2", "conflict"),
+        ]
+        assert reused["rejected"][0]["message"].startswith(
+            "mutation_id: this device already used it for a different change"
+        )
         assert await db.fetch("SELECT * FROM threads ORDER BY id") == before
-        await send(ws, {"type": "ping", "ts": 1})  # no delta came for the replay
+        assert await db.fetchval("SELECT content FROM messages WHERE id = $1", m) == "Knee aches"
+        await send(ws, {"type": "ping", "ts": 1})  # no delta came for either
         assert await recv(ws, skip=("presence",)) == {"type": "pong", "ts": 1}
+
+
+async def test_the_pushing_socket_gets_its_ack_before_its_delta(gateway: Gateway) -> None:
+    patient, t = uuid.uuid4(), uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, _):
+        for n in range(30):
+            await send(ws, {"type": "sync.push", "id": f"p{n}", "mutations": [thread(f"m{n}", t)]})
+            first = await recv(ws, skip=("presence",))
+            assert first["type"] == "sync.ack" and first["ref"] == f"p{n}", first
+            delta = await recv(ws, skip=("presence",))
+            assert delta["type"] == "sync.delta" and delta["version"] == first["version"]
+
+
+async def test_a_change_leaves_unset_fields_out_and_every_time_ends_in_z(
+    gateway: Gateway,
+) -> None:
+    patient, t = uuid.uuid4(), uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "headset")) as (ws, _):
+        await send(
+            ws,
+            {
+                "type": "sync.push",
+                "id": "p",
+                "mutations": [
+                    thread("m1", t),
+                    message("m2", t, created_at="2026-11-29T10:00:00+02:00"),
+                ],
+            },
+        )
+        await recv(ws, skip=("presence",))  # the ack
+        raw = await ws.recv()
+        await send(ws, {"type": "sync.pull", "id": "q", "since": 0})
+        pulled = await ws.recv()
+    for text in (raw, pulled):
+        assert "null" not in str(text) and "+00:00" not in str(text)
+    delta = orjson.loads(raw)
+    changed = delta["changes"][1]
+    assert "svg_path" not in changed["data"]
+    times = [changed["at"], changed["data"]["created_at"], changed["data"]["updated_at"]]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", x) for x in times), times
+    assert changed["data"]["created_at"] == "2026-11-29T08:00:00Z"
 
 
 async def test_each_invalid_mutation_is_rejected_alone_and_stores_nothing(

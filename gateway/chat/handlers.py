@@ -43,5 +43,5 @@ class ChatHandlers:
             peer.send_error(error)
 
     async def cancel(self, peer: Peer[PatientIdentity], frame: ChatCancel) -> None:
-        await self.service.cancel(peer.identity.patient_id, frame.response_id)
-        peer.send(Ack(ref=frame.id))
+        stopped = await self.service.cancel(peer.identity.patient_id, frame.response_id)
+        peer.send(Ack(ref=frame.id, stopped=stopped))

@@ -74,11 +74,14 @@ class Reply:
         # The hub's sequence number of the last delta published (None: none published).
         self.last_published: int | None = None
 
-    def stop(self, reason: FinishReason) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            if self.relay is not None:
-                self.relay.cancel()
+    def stop(self, reason: FinishReason) -> bool:
+        """Stop the reply; whether it was still streaming (and so was stopped now)."""
+        if self.stop_reason is not None or self.stream.finish_reason is not None:
+            return False
+        self.stop_reason = reason
+        if self.relay is not None:
+            self.relay.cancel()
+        return True
 
     def emit(self, event: ReplyEvent) -> None:
         for watcher in tuple(self.watchers):

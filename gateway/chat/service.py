@@ -31,9 +31,17 @@ from gateway.sync.writes import ChangeWriter
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
 from protocol.frames import ChatMessage, ChatMessageBody, ServerFrame
-from storage.changes import Applied, MessageData, Mutation, Rejected, ThreadData, WriteResult
+from storage.changes import (
+    Applied,
+    Duplicate,
+    MessageData,
+    Mutation,
+    Rejected,
+    ThreadData,
+    WriteResult,
+)
 from storage.database import Connection, Database
-from storage.replies import claim_reply, sent_message
+from storage.replies import claim_reply, sent_message, streaming_replies
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +134,9 @@ class ChatService:
                 return [_user_message(request, message_id, outcome.change.data["created_at"])]
             # A replay: the same device sent this client_message_id before.
             sent = await sent_message(conn, request.patient_id, message_id)
-            if sent is None:  # the device's earlier change under that id was not this message
+            # The device's earlier change under that id was not this message (or not this
+            # text: a new message needs a new id).
+            if sent is None or isinstance(outcome, Duplicate) and not outcome.same:
                 refused = ProtocolError(
                     ErrorCode.CONFLICT,
                     "client_message_id: this device already used it for another change",
@@ -157,18 +167,21 @@ class ChatService:
         self.replies.start(run.run())
         return reply
 
-    async def cancel(self, patient_id: UUID, response_id: UUID) -> None:
-        """Stop a reply of this patient's, streaming on this process or another.
-        Cancelling a reply that has ended (or never existed) changes nothing."""
+    async def cancel(self, patient_id: UUID, response_id: UUID) -> bool:
+        """Stop a reply of this patient's, streaming on this process or another; whether
+        one was streaming (and is told to stop). Cancelling a reply that has ended (or
+        never existed) changes nothing."""
         reply = self.replies.by_id.get(response_id)
         if reply is not None:
-            if reply.request.patient_id == patient_id:
-                reply.stop("cancelled")
-            return
+            return reply.request.patient_id == patient_id and reply.stop("cancelled")
+        async with self.db.acquire() as conn:
+            if response_id not in await streaming_replies(conn, patient_id):
+                return False
         try:
             await self.hub.signal(patient_topic(patient_id), CANCEL_SIGNAL, response_id.bytes)
         except BrokerUnavailable:
-            pass  # the other process cannot be reached; its reply runs to its end
+            return False  # the other process cannot be reached; its reply runs to its end
+        return True
 
     def in_flight(self) -> set[asyncio.Task[None]]:
         """The replies still running (they outlive their sockets; the drain waits)."""

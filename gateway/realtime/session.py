@@ -38,7 +38,7 @@ from storage.database import DatabaseUnavailable, PoolExhausted
 
 log = logging.getLogger(__name__)
 
-MAX_BAD_FRAMES = 10  # consecutive undecodable frames before 1008
+MAX_BAD_FRAMES = 10  # frames in a row refused before any handler (bad_frame, unknown_type, invalid)
 CLOSE_FLUSH_S = 5.0  # how long a close may wait for queued frames to go out
 
 

@@ -6,7 +6,7 @@ import time
 
 from gateway.auth import PatientIdentity
 from gateway.realtime.router import Peer, Router
-from gateway.sync.service import DEFAULT_PULL_LIMIT, SyncService, WritesBusy
+from gateway.sync.service import DEFAULT_PULL_LIMIT, PushResult, SyncService, WritesBusy
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode
 from protocol.frames import SyncAck, SyncChanges, SyncPull, SyncPush
@@ -22,9 +22,27 @@ class SyncHandlers:
 
     async def push(self, peer: Peer[PatientIdentity], frame: SyncPush) -> None:
         identity = peer.identity
+
+        def acknowledge(result: PushResult) -> None:
+            # Sent once stored, before the push's own sync.delta goes out: on the pushing
+            # socket the sync.ack always comes first.
+            peer.send(
+                SyncAck(
+                    ref=frame.id,
+                    version=result.version,
+                    applied=result.applied,
+                    duplicates=result.duplicates,
+                    rejected=result.rejected,
+                )
+            )
+
         try:
             result = await self.service.push(
-                identity.patient_id, identity.device_key, frame.mutations, origin=time.time()
+                identity.patient_id,
+                identity.device_key,
+                frame.mutations,
+                origin=time.time(),
+                committed=acknowledge,
             )
         except WritesBusy as busy:
             peer.send_error(ProtocolError(ErrorCode.BUSY, str(busy), frame.id, retryable=True))
@@ -33,15 +51,6 @@ class SyncHandlers:
             if rejected.code == ErrorCode.FORBIDDEN:  # another patient's thread or message
                 message = "patient_id: a mutation names another patient's data"
                 peer.report_refusal(frame, ProtocolError(ErrorCode.FORBIDDEN, message, frame.id))
-        peer.send(
-            SyncAck(
-                ref=frame.id,
-                version=result.version,
-                applied=result.applied,
-                duplicates=result.duplicates,
-                rejected=result.rejected,
-            )
-        )
 
     async def pull(self, peer: Peer[PatientIdentity], frame: SyncPull) -> None:
         # Another patient's id was refused by the router.

@@ -10,7 +10,7 @@ and deleting a thread deletes its messages. A replayed mutation (same device, sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -18,7 +18,8 @@ from uuid import UUID
 from gateway import tracing
 from gateway.sync.metrics import SYNC_MUTATIONS, SYNC_PULLS
 from gateway.sync.writes import ChangeWriter, wire_change
-from protocol.frames import Change, MessageFields, RejectedMutation, ThreadFields
+from protocol.codes import ErrorCode
+from protocol.frames import Change, MessageFields, RejectedMutation, ServerFrame, ThreadFields
 from protocol.mutations import InvalidMutation, ValidMutation, parse_mutation
 from storage.changes import (
     Applied,
@@ -27,12 +28,17 @@ from storage.changes import (
     Mutation,
     Rejected,
     ThreadData,
+    WriteResult,
     changes_since,
     current_version,
 )
-from storage.database import Database
+from storage.database import Connection, Database
 
 DEFAULT_PULL_LIMIT = 500
+REUSED_MUTATION_ID = (
+    "mutation_id: this device already used it for a different change "
+    "(a retry must repeat the change exactly; a new change needs a new mutation_id)"
+)
 
 
 @dataclass
@@ -76,11 +82,15 @@ class SyncService:
         raw_mutations: Sequence[Any],
         *,
         origin: float | None = None,
+        committed: Callable[[PushResult], None] | None = None,
     ) -> PushResult:
+        """Write the valid mutations; `committed` gets the result once they are stored,
+        before their sync.delta is published (so a socket's sync.ack comes first).
+        WritesBusy when the patient has as many writes running as allowed."""
         with tracing.span(
             "sync.push", patient_id=str(patient_id), mutations=len(raw_mutations)
         ) as span:
-            result = await self._push(patient_id, device_id, raw_mutations, origin)
+            result = await self._push(patient_id, device_id, raw_mutations, origin, committed)
             span.set(changes=len(result.applied), rejected=len(result.rejected))
             return result
 
@@ -90,46 +100,48 @@ class SyncService:
         device_id: str,
         raw_mutations: Sequence[Any],
         origin: float | None,
+        committed: Callable[[PushResult], None] | None,
     ) -> PushResult:
         parsed = [parse_mutation(raw) for raw in raw_mutations]
         valid = [p for p in parsed if isinstance(p, ValidMutation)]
         writing = self._writing.get(patient_id, 0)
         if writing >= self.max_writes:
             raise WritesBusy
+        result: PushResult | None = None
+        counted = True
+
+        def done_writing() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                left = self._writing[patient_id] - 1
+                if left:
+                    self._writing[patient_id] = left
+                else:
+                    del self._writing[patient_id]
+
+        async def after_commit(conn: Connection, written: WriteResult) -> list[ServerFrame]:
+            nonlocal result
+            result = _push_result(parsed, written)
+            # Stored: the write no longer counts against the patient's cap (only its
+            # publish is left), so a client that got its ack has room for the next.
+            done_writing()
+            if committed is not None:
+                committed(result)  # before the push's own sync.delta is published
+            return []
+
         self._writing[patient_id] = writing + 1
         try:
-            written = await self.writer.write(
-                patient_id, [_stored(m) for m in valid], device_id=device_id, origin=origin
+            await self.writer.write(
+                patient_id,
+                [_stored(m) for m in valid],
+                device_id=device_id,
+                origin=origin,
+                after_commit=after_commit,
             )
         finally:
-            left = self._writing[patient_id] - 1
-            if left:
-                self._writing[patient_id] = left
-            else:
-                del self._writing[patient_id]
-        result = PushResult(version=written.version)
-        outcomes = iter(written.results)
-        for mutation in parsed:
-            if isinstance(mutation, InvalidMutation):
-                reject = RejectedMutation(
-                    mutation_id=mutation.mutation_id, code=mutation.code, message=mutation.message
-                )
-                result.rejected.append(reject)
-                continue
-            outcome = next(outcomes)
-            if isinstance(outcome, Applied):
-                result.applied.append(mutation.mutation_id)
-            elif isinstance(outcome, Duplicate):
-                result.duplicates.append(mutation.mutation_id)
-            else:
-                assert isinstance(outcome, Rejected)
-                result.rejected.append(
-                    RejectedMutation(
-                        mutation_id=mutation.mutation_id,
-                        code=outcome.code,
-                        message=outcome.message,
-                    )
-                )
+            done_writing()
+        assert result is not None
         SYNC_MUTATIONS.labels("applied").inc(len(result.applied))
         SYNC_MUTATIONS.labels("duplicate").inc(len(result.duplicates))
         SYNC_MUTATIONS.labels("rejected").inc(len(result.rejected))
@@ -166,3 +178,39 @@ def _stored(m: ValidMutation) -> Mutation:
             created_at=m.data.created_at,
         )
     return Mutation(m.entity, m.op, m.id, data, m.mutation_id)
+
+
+def _push_result(
+    parsed: Sequence[ValidMutation | InvalidMutation], written: WriteResult
+) -> PushResult:
+    """Each pushed mutation's outcome, in the order pushed."""
+    result = PushResult(version=written.version)
+    outcomes = iter(written.results)
+    for mutation in parsed:
+        if isinstance(mutation, InvalidMutation):
+            reject = RejectedMutation(
+                mutation_id=mutation.mutation_id, code=mutation.code, message=mutation.message
+            )
+            result.rejected.append(reject)
+            continue
+        outcome = next(outcomes)
+        if isinstance(outcome, Applied):
+            result.applied.append(mutation.mutation_id)
+        elif isinstance(outcome, Duplicate) and outcome.same:
+            result.duplicates.append(mutation.mutation_id)
+        elif isinstance(outcome, Duplicate):
+            result.rejected.append(
+                RejectedMutation(
+                    mutation_id=mutation.mutation_id,
+                    code=ErrorCode.CONFLICT,
+                    message=REUSED_MUTATION_ID,
+                )
+            )
+        else:
+            assert isinstance(outcome, Rejected)
+            result.rejected.append(
+                RejectedMutation(
+                    mutation_id=mutation.mutation_id, code=outcome.code, message=outcome.message
+                )
+            )
+    return result

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from gateway import tracing
@@ -84,13 +86,31 @@ class ChangeWriter:
         return result
 
 
+# Times inside a change's data, stored as PostgreSQL renders them in JSON ("+00:00"); on
+# the wire they are datetimes like every other time of the protocol ("Z").
+_DATA_TIMES = ("created_at", "updated_at")
+
+
+def wire_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A change's data as devices receive it: unset fields left out, times in the
+    protocol's one format."""
+    if data is None:
+        return None
+    wired = {key: value for key, value in data.items() if value is not None}
+    for key in _DATA_TIMES:
+        value = wired.get(key)
+        if isinstance(value, str):
+            wired[key] = datetime.fromisoformat(value)
+    return wired
+
+
 def wire_change(change: StoredChange) -> Change:
     return Change(
         version=change.version,
         entity=change.entity,
         op=change.op,
         id=change.id,
-        data=change.data,
+        data=wire_data(change.data),
         device_id=change.device_id,
         mutation_id=change.mutation_id,
         at=change.at,
