@@ -67,11 +67,14 @@ test-tools:
             exit 1
         fi
     fi
-    # The official AsyncAPI parser, at the versions in its lock file.
-    if [ ! -d tests/asyncapi/node_modules ] || [ tests/asyncapi/package-lock.json -nt tests/asyncapi/node_modules ]; then
-        npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
-        touch tests/asyncapi/node_modules
-    fi
+    # The official AsyncAPI parser and the TypeScript client's build and test packages, at
+    # the versions in their lock files.
+    for package in tests/asyncapi clients/typescript; do
+        if [ ! -d "$package/node_modules" ] || [ "$package/package-lock.json" -nt "$package/node_modules" ]; then
+            npm ci --prefix "$package" --no-audit --no-fund --loglevel=error
+            touch "$package/node_modules"
+        fi
+    done
 
 # ruff check, ruff format --check, mypy, lint-imports (the layering)
 lint: install

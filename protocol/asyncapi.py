@@ -17,10 +17,10 @@ from protocol.frames import (
     CLIENT_FRAMES,
     PROTOCOL_VERSION,
     AnyClientFrame,
-    AnyServerFrame,
     MessageFields,
     ThreadFields,
 )
+from protocol.schema import server_frames_schema
 
 CHANNEL = "socket"
 REF = "#/components/schemas/{model}"
@@ -78,7 +78,7 @@ def _schemas() -> tuple[dict[str, Any], list[str], list[str]]:
     """Every model's schema under components/schemas, and the client and server frame
     models' names (in their unions' order)."""
     client = TypeAdapter(AnyClientFrame).json_schema(ref_template=REF)
-    server = TypeAdapter(AnyServerFrame).json_schema(ref_template=REF, mode="validation")
+    server = server_frames_schema(REF)
     schemas: dict[str, Any] = {**client.pop("$defs"), **server.pop("$defs")}
     for model in (ThreadFields, MessageFields):
         schema = model.model_json_schema(ref_template=REF)

@@ -23,6 +23,17 @@ def _with_mutation(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def server_frames_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The server frames' union. Described from the fields, so a frame's `type` (which has
+    a default) is marked required: every server frame always carries it, and clients
+    discriminate on it."""
+    schema = TypeAdapter(AnyServerFrame).json_schema(mode="validation", ref_template=ref_template)
+    for model in schema["$defs"].values():
+        if "type" in model.get("properties", {}) and "default" in model["properties"]["type"]:
+            model["required"] = ["type", *model.get("required", [])]
+    return schema
+
+
 def protocol_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -33,6 +44,5 @@ def protocol_schema() -> dict[str, Any]:
             "(UUID), 4 bytes seq (unsigned 32-bit big-endian), then the audio bytes."
         ),
         "client": _with_mutation(TypeAdapter(AnyClientFrame).json_schema()),
-        # Described from the fields (every server frame always carries its `type`).
-        "server": TypeAdapter(AnyServerFrame).json_schema(mode="validation"),
+        "server": server_frames_schema(),
     }
