@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +16,14 @@ import jwt
 import pytest
 
 from gateway.auth import AUDIENCE
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import DEV_SECRET_KEY, Settings, SettingsError, load_settings
 from storage.changes import MessageData, Mutation, ThreadData, apply_mutations, current_version
 from storage.database import connect
 from storage.migrations import default_directory
 from tests.support import SETTING_NAMES, TEST_SECRET, TIMEOUT_S, free_port, gateway_env
 from tests.support import wait_ready as support_wait_ready
+
+ROOT = Path(__file__).parent.parent
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -167,6 +171,37 @@ def test_token_prints_a_jwt_for_the_gateway_audience(tmp_path: Path) -> None:
     assert claims["sub"] == claims["patient_id"] == str(sub)
     assert (claims["role"], claims["device_id"]) == ("patient", "headset-1")
     assert claims["exp"] - claims["iat"] == 60
+
+
+def test_the_readmes_token_command_works_in_a_fresh_shell(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert 'just token --role patient --sub "$(python3' in readme
+    just = shutil.which("just")
+    assert just, "`just` is missing (pip install rust-just)"
+    sub = uuid.uuid4()
+    result = subprocess.run(
+        [
+            just,
+            "--justfile",
+            str(ROOT / "justfile"),
+            "token",
+            "--role",
+            "patient",
+            "--sub",
+            str(sub),
+        ],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},  # no SECRET_KEY, no DEBUG
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # Signed with what `just run` verifies with: the development default under DEBUG.
+    claims = jwt.decode(result.stdout.strip(), DEV_SECRET_KEY, ["HS256"], audience=AUDIENCE)
+    assert claims["sub"] == str(sub) and claims["exp"] - claims["iat"] == 3600
+    help_text = run_cli("token", "--help", cwd=tmp_path).stdout
+    assert "default 3600" in help_text
 
 
 def test_token_for_a_clinician_names_no_patient(tmp_path: Path) -> None:

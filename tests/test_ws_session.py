@@ -252,6 +252,23 @@ async def test_ten_bad_frames_in_a_row_close_with_1008(gateway: Gateway) -> None
         assert await expect_close(ws) == 1008
 
 
+async def test_frames_that_decode_but_fail_their_schema_count_towards_1008_too(
+    gateway: Gateway,
+) -> None:
+    not_frames = [
+        ("nonsense", "bad_frame"),
+        ('{"type": "chat.sing", "id": "x"}', "unknown_type"),
+        ('{"type": "ping", "ts": "soon"}', "invalid"),
+    ]
+    async with session(gateway.ws_url, patient_token()) as (ws, _):
+        for n in range(9):
+            text, code = not_frames[n % 3]
+            await ws.send(text)
+            assert (await recv(ws))["error"]["code"] == code
+        await ws.send(not_frames[0][0])
+        assert await expect_close(ws) == 1008
+
+
 @settings_for(max_frame_bytes=2048)
 async def test_an_oversize_frame_closes_with_1009(gateway: Gateway) -> None:
     async with session(gateway.ws_url, patient_token()) as (ws, ready):
