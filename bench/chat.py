@@ -43,6 +43,7 @@ import httpx
 import orjson
 
 from bench._harness import SECRET, gateways, percentile, services, stand_in_model
+from bench._results import rounded, save
 from bench._wsclient import ClientProtocol, open_client
 from gateway.auth import issue_token
 from storage.memories import exact_limit_for
@@ -260,12 +261,14 @@ async def run_phases(dsn: str, redis_url: str, base: str, patient: uuid.UUID) ->
         gc.collect()
         gc.freeze()
 
+        figures: dict[str, object] = {"memories": MEMORIES, "own_memories": OWN_MEMORIES}
         if "a" in PHASES:
-            await report_first_token_and_relay(http, ports, patient)
+            figures["a"] = await report_first_token_and_relay(http, ports, patient)
         if "b" in PHASES:
-            await report_burst(http, ports)
+            figures["b"] = await report_burst(http, ports)
         if "c" in PHASES:
-            await report_crowd(http, ports)
+            figures["c"] = await report_crowd(http, ports)
+        save("chat", figures)
 
 
 def raise_priority() -> None:
@@ -280,7 +283,7 @@ def raise_priority() -> None:
 
 async def report_first_token_and_relay(
     http: httpx.AsyncClient, ports: list[int], patient: uuid.UUID
-) -> None:
+) -> dict[str, object]:
     added, same, other, not_last = await first_token_and_relay(http, ports, patient)
     print(
         f"(a) {EXCHANGES} exchanges, the stream's end {FINISH_DELAY * 1000:g} ms after its "
@@ -292,18 +295,24 @@ async def report_first_token_and_relay(
         f"({len(same) + len(other)} deltas); without each reply's last delta p99 "
         f"{percentile(not_last, 99):.2f} ms"
     )
+    return {
+        "added_first_token_ms": rounded(added),
+        "relay_same_process_ms": rounded(same),
+        "relay_other_process_ms": rounded(other),
+    }
 
 
-async def report_burst(http: httpx.AsyncClient, ports: list[int]) -> None:
+async def report_burst(http: httpx.AsyncClient, ports: list[int]) -> dict[str, object]:
     rates, _ = await burst(http, 1, ports, ROUNDS)
     print(
         f"(b) {BURST_TOKENS} tokens as fast as the upstream sends, 4 sockets of one "
         f"patient (2 per process), {ROUNDS} rounds: slowest socket median "
         f"{percentile(rates, 50):,.0f} tokens/s, worst {min(rates):,.0f} tokens/s"
     )
+    return {"slowest_socket_tokens_per_s": rounded(rates, 1)}
 
 
-async def report_crowd(http: httpx.AsyncClient, ports: list[int]) -> None:
+async def report_crowd(http: httpx.AsyncClient, ports: list[int]) -> dict[str, object]:
     rates, delivered = await burst(http, PATIENTS, ports, 1)
     print(
         f"(c) {PATIENTS} patients at once ({PATIENTS * 4} sockets): slowest socket per "
@@ -311,6 +320,7 @@ async def report_crowd(http: httpx.AsyncClient, ports: list[int]) -> None:
         f"{percentile(rates, 10):,.0f}, worst {min(rates):,.0f} tokens/s; "
         f"{delivered:,.0f} tokens/s delivered to all sockets together"
     )
+    return {"slowest_socket_tokens_per_s": rounded(rates, 1), "delivered_per_s": delivered}
 
 
 def main() -> None:

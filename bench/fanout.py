@@ -1,14 +1,16 @@
-"""Fan-out across two gateway processes through Redis to 1000 sockets of one patient.
+"""Fan-out across two gateway processes through Redis to the sockets of one patient: 250,
+500 and 1000 sockets, opened in steps within one run.
 
-(a) a burst of 200 frames of ~200 bytes: deliveries per second, server CPU time per
-    delivery (from the gateway processes' own CPU counters) and loss;
-(b) 5 frames per second for 20 s: per-delivery latency from publish to the client.
+(a) at each step, bursts of 200 frames of ~200 bytes: deliveries per second, server CPU
+    time per delivery (from the gateway processes' own CPU counters) and loss;
+(b) at the last step, 5 frames per second for 20 s: per-delivery latency from publish to
+    the client.
 
 Frames are published the way a gateway's hub publishes them (an envelope on the
 patient's Redis channel). The clients (a lean raw-frame client, bench/_wsclient.py) run in this
 process, on the same 2 cores.
 
-    just bench fanout        (SOCKETS=1000 BURST=200 PACED_SECONDS=20 to change)
+    just bench fanout        (SOCKETS=250,500,1000 BURST=200 PACED_SECONDS=20 to change)
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from bench._harness import SECRET, cpu_seconds, gateways, percentile, services
+from bench._results import rounded, save
 from bench._wsclient import open_client
 from gateway.auth import issue_token
 from gateway.realtime.broker.redis import RedisBroker
@@ -27,7 +31,7 @@ from gateway.realtime.hub import envelope, patient_topic
 from protocol.codec import encode
 from protocol.frames import ChatDelta
 
-SOCKETS = int(os.environ.get("SOCKETS", "1000"))
+STEPS = [int(n) for n in os.environ.get("SOCKETS", "250,500,1000").split(",")]
 BURST = int(os.environ.get("BURST", "200"))
 PACED_SECONDS = float(os.environ.get("PACED_SECONDS", "20"))
 PACED_RATE = 5.0
@@ -68,18 +72,65 @@ class Client:
         self.latencies.append(received - sent)
 
 
+Wait = Callable[[int, float], Awaitable[None]]
+
+
+async def bursts(
+    publisher: RedisBroker,
+    topic: str,
+    patient: uuid.UUID,
+    clients: list[Client],
+    procs: list[tuple[int, int]],
+    wait_for: Wait,
+) -> dict[str, object]:
+    """(a) at one step: the figure is the median of REPEATS, since one run varies with how
+    the clients (on the same cores) keep up."""
+    sockets = len(clients)
+    rates: list[float] = []
+    costs: list[float] = []
+    lost, in_order = 0, True
+    for _ in range(REPEATS):
+        for c in clients:
+            c.seqs.clear()
+        cpu_before = sum(cpu_seconds(pid) for pid, _ in procs)
+        started = time.perf_counter()
+        for seq in range(BURST):
+            await publisher.publish(topic, frame(patient, seq))
+        await wait_for(BURST * sockets, 120)
+        elapsed = time.perf_counter() - started
+        cpu = sum(cpu_seconds(pid) for pid, _ in procs) - cpu_before
+        delivered = sum(len(c.seqs) for c in clients)
+        lost += BURST * sockets - delivered
+        in_order = in_order and all(c.seqs == list(range(BURST)) for c in clients)
+        rates.append(delivered / elapsed)
+        costs.append(cpu * 1e6 / max(delivered, 1))
+        await asyncio.sleep(1)
+    print(
+        f"(a) {sockets} sockets, {REPEATS} bursts of {BURST}: {lost} lost, in order: "
+        f"{in_order}; deliveries/s median {statistics.median(rates):,.0f} "
+        f"(runs {', '.join(f'{r:,.0f}' for r in rates)}); server CPU per delivery "
+        f"median {statistics.median(costs):.1f} µs "
+        f"(runs {', '.join(f'{c:.1f}' for c in costs)})",
+        flush=True,
+    )
+    return {
+        "sockets": sockets,
+        "lost": lost,
+        "in_order": in_order,
+        "deliveries_per_s": rounded(rates, 0),
+        "cpu_us_per_delivery": rounded(costs, 2),
+    }
+
+
 async def run(dsn: str, redis_url: str) -> None:
-    async with gateways(2, dsn, redis_url, SEND_QUEUE_FRAMES="5000") as procs:
+    # One patient's sockets, far past the per-patient cap a deployment runs with.
+    cap = str(max(STEPS) + 10)
+    async with gateways(
+        2, dsn, redis_url, SEND_QUEUE_FRAMES="5000", MAX_SOCKETS_PER_PATIENT=cap
+    ) as procs:
         patient = uuid.uuid4()
         clients: list[Client] = []
         connections = []
-        for n in range(SOCKETS):
-            _, port = procs[n % 2]
-            token = issue_token(SECRET, role="patient", sub=patient, device_id=f"d{n}")
-            client = Client()
-            connections.append(await open_client(port, token, client.on_text))
-            clients.append(client)
-        await asyncio.sleep(3)  # let session.ready and presence traffic settle
         publisher = RedisBroker(redis_url)
         topic = patient_topic(patient)
 
@@ -88,38 +139,24 @@ async def run(dsn: str, redis_url: str) -> None:
             while sum(len(c.seqs) for c in clients) < total and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
 
-        # (a) bursts: the figure is the median of REPEATS, since one run varies with how
-        # the clients (on the same cores) keep up.
         print(
-            f"sockets {SOCKETS} over 2 gateway processes, Redis pub/sub, "
-            f"{time.strftime('%Y-%m-%d')}"
+            f"sockets {', '.join(map(str, STEPS))} over 2 gateway processes, Redis pub/sub, "
+            f"{time.strftime('%Y-%m-%d')}",
+            flush=True,
         )
-        rates, costs, lost, in_order = [], [], 0, True
-        for _ in range(REPEATS):
-            for c in clients:
-                c.seqs.clear()
-            cpu_before = sum(cpu_seconds(pid) for pid, _ in procs)
-            started = time.perf_counter()
-            for seq in range(BURST):
-                await publisher.publish(topic, frame(patient, seq))
-            await wait_for(BURST * SOCKETS, 120)
-            elapsed = time.perf_counter() - started
-            cpu = sum(cpu_seconds(pid) for pid, _ in procs) - cpu_before
-            delivered = sum(len(c.seqs) for c in clients)
-            lost += BURST * SOCKETS - delivered
-            in_order = in_order and all(c.seqs == list(range(BURST)) for c in clients)
-            rates.append(delivered / elapsed)
-            costs.append(cpu * 1e6 / max(delivered, 1))
-            await asyncio.sleep(1)
-        print(
-            f"(a) {REPEATS} bursts of {BURST}: {lost} lost, in order: {in_order}; "
-            f"deliveries/s median {statistics.median(rates):,.0f} "
-            f"(runs {', '.join(f'{r:,.0f}' for r in rates)}); server CPU per delivery "
-            f"median {statistics.median(costs):.1f} µs "
-            f"(runs {', '.join(f'{c:.1f}' for c in costs)})"
-        )
+        steps = []
+        for sockets in STEPS:
+            for n in range(len(clients), sockets):
+                _, port = procs[n % 2]
+                token = issue_token(SECRET, role="patient", sub=patient, device_id=f"d{n}")
+                client = Client()
+                connections.append(await open_client(port, token, client.on_text))
+                clients.append(client)
+            await asyncio.sleep(3)  # let session.ready and presence traffic settle
+            steps.append(await bursts(publisher, topic, patient, clients, procs, wait_for))
 
-        # (b) paced
+        # (b) paced, at the last step
+        sockets = len(clients)
         for c in clients:
             c.seqs.clear()
             c.latencies.clear()
@@ -127,14 +164,27 @@ async def run(dsn: str, redis_url: str) -> None:
         for seq in range(count):
             await publisher.publish(topic, frame(patient, seq))
             await asyncio.sleep(1 / PACED_RATE)
-        await wait_for(count * SOCKETS, 30)
+        await wait_for(count * sockets, 30)
         latencies = [x * 1000 for c in clients for x in c.latencies]
         delivered = len(latencies)
         print(
-            f"(b) paced {PACED_RATE:.0f} frames/s for {PACED_SECONDS:.0f} s: "
-            f"{delivered}/{count * SOCKETS} delivered, "
+            f"(b) paced {PACED_RATE:.0f} frames/s for {PACED_SECONDS:.0f} s to {sockets} "
+            f"sockets: {delivered}/{count * sockets} delivered, "
             f"latency p50 {percentile(latencies, 50):.1f} ms, "
             f"p95 {percentile(latencies, 95):.1f} ms, p99 {percentile(latencies, 99):.1f} ms"
+        )
+        save(
+            "fanout",
+            {
+                "bursts": steps,
+                "paced": {
+                    "sockets": sockets,
+                    "frames_per_s": PACED_RATE,
+                    "seconds": PACED_SECONDS,
+                    # Every tenth of the sorted samples: the distribution, a tenth the size.
+                    "latencies_ms": rounded(sorted(latencies)[::10]),
+                },
+            },
         )
         await publisher.close()
         for connection in connections:

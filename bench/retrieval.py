@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import os
 import random
-import re
 import secrets
 import statistics
 import tempfile
@@ -58,6 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench._harness import percentile
+from bench._results import cpu_model, save
 from storage import memories, memory_graphs
 from storage.database import connect, prepare_schema
 from storage.embedded import EmbeddedPostgres
@@ -422,6 +422,10 @@ def recommend(scenario: Scenario, cells: list[Cell], shipped: int) -> list[str]:
     return lines
 
 
+# Per scenario (by dims), what bench/plot.py draws; saved once every scenario ran.
+figures: dict[str, object] = {}
+
+
 async def run_scenario(server_dsn: str, scenario: Scenario, queries: int, limit: int) -> None:
     name = f"bench_retrieval_{scenario.dim}_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(server_dsn)
@@ -495,6 +499,22 @@ async def run_scenario(server_dsn: str, scenario: Scenario, queries: int, limit:
                     print(row(cell), flush=True)
         for line in recommend(scenario, cells, shipped):
             print(line, flush=True)
+        figures[f"{scenario.dim}"] = {
+            "rows": scenario.rows,
+            "exact_limit": shipped,
+            "targets": {"recall": TARGET_RECALL, "p99_ms": TARGET_P99_MS},
+            "cells": [
+                {
+                    "size": c.size,
+                    "kind": c.kind,
+                    "strategy": c.strategy,
+                    "recall": round(c.recall, 4),
+                    "p50_ms": round(c.p50, 3),
+                    "p99_ms": round(c.p99, 3),
+                }
+                for c in cells
+            ],
+        }
         load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
             f"scenario total {time.perf_counter() - started:.0f} s; load average at the end "
@@ -523,12 +543,6 @@ async def describe(dsn: str) -> str:
     return f"PostgreSQL {version}, pgvector {pgvector}; {listed}"
 
 
-def cpu_model() -> str:
-    text = Path("/proc/cpuinfo").read_text()
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match[1] if match else "unknown CPU"
-
-
 async def run(dsn: str, names: list[str], queries: int, limit: int) -> None:
     print(
         f"retrieval, {os.cpu_count()} cores ({cpu_model()}), {time.strftime('%Y-%m-%d')}; "
@@ -539,6 +553,7 @@ async def run(dsn: str, names: list[str], queries: int, limit: int) -> None:
     )
     for name in names:
         await run_scenario(dsn, SCENARIOS[name], queries, limit)
+    save("retrieval", figures)
 
 
 async def configure(dsn: str) -> None:
