@@ -1,6 +1,7 @@
 """The TypeScript client (clients/typescript/) against real gateways: two processes on
 one PostgreSQL and Redis, with the stand-in model server; its own tests (Node's test
-runner) converge two devices after a drop, stream a reply to two devices, follow a drain
+runner) converge two devices after a drop, stream a reply to two devices, end a reply
+whose socket was cut while it streamed, follow a drain
 to the other process and do not retry a refused token. Its types are the ones the
 gateway's JSON Schema generates today, and it builds under `strict` without errors."""
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from protocol.schema import protocol_schema
-from tests.chatkit import Upstream
+from tests.chatkit import Upstream, slow_reply
 from tests.conftest import RedisServer, gateway_process
 from tests.support import TEST_SECRET
 
@@ -58,6 +59,8 @@ async def test_the_typescript_client_against_two_gateway_processes(
     upstream: Upstream,
     tmp_path: Path,
 ) -> None:
+    # Replies of 30 tokens over ~0.6 s: long enough to cut a socket while one streams.
+    slow_reply(upstream.behaviour, tokens=30, delay_s=0.02)
     env = {"OPENAI_BASE_URL": upstream.url, "DRAIN_SECONDS": "5"}
     async with (
         gateway_process(database_url, redis_server.url, tmp_path / "a.log", **env) as (a, a_url),
@@ -84,4 +87,4 @@ async def test_the_typescript_client_against_two_gateway_processes(
     stdout, stderr = out.decode(), err.decode()
     report = stdout[-6000:] + stderr[-3000:]
     assert node.returncode == 0, report
-    assert "# pass 4" in stdout and "# fail 0" in stdout, report
+    assert "# pass 6" in stdout and "# fail 0" in stdout, report

@@ -6,6 +6,7 @@
 // the gateway refused (4401, 4403) or a socket closed for a client bug (1008).
 import type {
   Ack,
+  Change,
   ChatDelta,
   ChatDone,
   ChatMessage,
@@ -435,9 +436,13 @@ export class ChatStream implements AsyncIterable<ChatDelta | ChatResume | ChatDo
   private ended = false;
   private failure: unknown = null;
   private id: string | undefined;
+  private messageId: string | undefined; // the stored user message, from chat.message
+  private patientId = "";
+  private readonly sent: { thread_id: string; text: string };
   private unsubscribe: () => void;
 
   constructor(client: PainarClient, frame: ClientFrame) {
+    this.sent = frame as unknown as { thread_id: string; text: string };
     this.unsubscribe = client.on("*", (f) => this.take(f));
     this.responseId = client.request(frame, ["ack"], true).then(
       (ack) => {
@@ -457,11 +462,44 @@ export class ChatStream implements AsyncIterable<ChatDelta | ChatResume | ChatDo
   }
 
   private take(frame: ServerFrame): void {
+    if (frame.type === "chat.message") {
+      const message = frame.message;
+      if (this.messageId === undefined && frame.thread_id === this.sent.thread_id
+          && message.role === "user" && message.content === this.sent.text) {
+        this.messageId = message.id; // the sender sees it right after the ack
+        this.patientId = frame.patient_id;
+      }
+      return;
+    }
+    if (frame.type === "sync.delta" || frame.type === "sync.changes") {
+      this.storedReply(frame.changes);
+      return;
+    }
     if (frame.type !== "chat.delta" && frame.type !== "chat.resume" && frame.type !== "chat.done") return;
     if (this.id !== undefined && frame.response_id !== this.id) return;
     this.frames.push(frame); // before the ack only when the ack is late: filtered then
     if (frame.type === "chat.done" && frame.response_id === this.id) this.finish();
     this.wake?.();
+  }
+
+  /** A reply that ended while the socket was down sends no chat.done to this client; its
+   * stored message (which answers ours) ends the stream instead. */
+  private storedReply(changes: Change[]): void {
+    if (this.ended || this.id === undefined || this.messageId === undefined) return;
+    for (const change of changes) {
+      const data = change.data ?? {};
+      if (change.entity !== "message" || data["reply_to"] !== this.messageId || !data["finish_reason"]) continue;
+      this.frames.push({
+        type: "chat.done",
+        patient_id: this.patientId,
+        thread_id: this.sent.thread_id,
+        response_id: this.id,
+        message_id: change.id,
+        finish_reason: data["finish_reason"] as ChatDone["finish_reason"],
+      });
+      this.finish();
+      return;
+    }
   }
 
   private finish(): void {

@@ -135,6 +135,48 @@ test("a reply streams to the sender and to the patient's other device", async ()
   }
 });
 
+for (const when of ["while it still streams", "after it was stored"] as const) {
+  test(`a reply cut off mid-stream still ends, reconnecting ${when}`, async () => {
+    const patient = randomUUID();
+    // The phone sees the reply end; the headset's next connection can wait for that.
+    let replyEnded = (): void => undefined;
+    const ended = new Promise<void>((resolve) => (replyEnded = resolve));
+    let cut = false;
+    const headset = new PainarClient({
+      url: A,
+      token: async () => {
+        if (cut && when === "after it was stored") await ended;
+        return token(patient, "headset");
+      },
+      WebSocket: WebSocket as unknown as SocketConstructor,
+      backoff: { initialMs: 20, maxMs: 100 },
+    });
+    const phone = device(B, patient, "phone");
+    phone.on("chat.done", () => replyEnded());
+    try {
+      await headset.connect();
+      await phone.connect();
+      const stream = headset.chat({ threadId: randomUUID(), text: "tell me about pacing" });
+      const frames = stream[Symbol.asyncIterator]();
+      const first = await frames.next();
+      assert.equal(first.value?.type, "chat.delta");
+      cut = true;
+      (headset as unknown as { socket: WebSocket }).socket.terminate();
+      // Still streaming: chat.resume, then the rest. Stored: no chat.done comes to this
+      // client, and the stored reply (from the catch-up pull) ends the stream.
+      let last = first.value;
+      for (let next = await frames.next(); !next.done; next = await frames.next()) last = next.value;
+      assert.equal(last?.type, "chat.done");
+      assert.equal(last?.type === "chat.done" && last.finish_reason, "stop");
+      assert.equal(last?.response_id, await stream.responseId);
+      assert.ok(headset.connections >= 2);
+    } finally {
+      headset.close();
+      phone.close();
+    }
+  });
+}
+
 test("a drain moves the client to the other process without losing a change", async () => {
   const patient = randomUUID();
   const threadId = randomUUID();
