@@ -112,7 +112,7 @@ bench name="": install
     set -euo pipefail
     for script in bench/*.py; do
         module=$(basename "$script" .py)
-        case "$module" in _*|plot) continue ;; esac
+        case "$module" in _*|plot|floor) continue ;; esac
         if [ -z "{{name}}" ] || [ "$module" = "{{name}}" ]; then
             {{bin}}/python -m "bench.$module"
         fi

@@ -95,6 +95,36 @@ async def gateways(
 
 
 @asynccontextmanager
+async def floors(count: int, redis_url: str) -> AsyncIterator[list[tuple[int, int]]]:
+    """`count` processes of the floor (bench/floor.py); yields (pid, port) for each."""
+    processes = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.floor", str(port), redis_url
+            )
+            processes.append((process, port))
+        async with httpx.AsyncClient() as http:
+            for _, port in processes:
+                for _ in range(300):
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"the floor on port {port} did not start")
+        yield [(process.pid, port) for process, port in processes]
+    finally:
+        for process, _ in processes:
+            process.terminate()
+        for process, _ in processes:
+            await process.wait()
+
+
+@asynccontextmanager
 async def stand_in_model(**behaviour: object) -> AsyncIterator[str]:
     """The suite's stand-in OpenAI-format server (tests/fake_openai.py) in a process of its
     own, set to `behaviour` (fields of tests.fake_openai.Behaviour); yields its base URL

@@ -6,6 +6,9 @@
 (b) at the last step, 5 frames per second for 20 s: per-delivery latency from publish to
     the client.
 
+Then the same against two processes of the floor (bench/floor.py, a bare Starlette +
+redis-py relay) on the same Redis, and the ratios gateway ÷ floor.
+
 Frames are published the way a gateway's hub publishes them (an envelope on the
 patient's Redis channel). The clients (a lean raw-frame client, bench/_wsclient.py) run in this
 process, on the same 2 cores.
@@ -22,7 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from bench._harness import SECRET, cpu_seconds, gateways, percentile, services
+from bench._harness import SECRET, cpu_seconds, floors, gateways, percentile, services
 from bench._results import rounded, save
 from bench._wsclient import open_client
 from gateway.auth import issue_token
@@ -122,73 +125,95 @@ async def bursts(
     }
 
 
+async def measure(label: str, procs: list[tuple[int, int]], redis_url: str) -> dict[str, object]:
+    """(a) at every step of sockets, then (b), against `procs` (gateways or floors)."""
+    patient = uuid.uuid4()
+    clients: list[Client] = []
+    connections = []
+    publisher = RedisBroker(redis_url)
+    topic = patient_topic(patient)
+
+    async def wait_for(total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(len(c.seqs) for c in clients) < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    print(
+        f"{label}: sockets {', '.join(map(str, STEPS))} over 2 processes, Redis pub/sub, "
+        f"{time.strftime('%Y-%m-%d')}",
+        flush=True,
+    )
+    steps = []
+    for sockets in STEPS:
+        for n in range(len(clients), sockets):
+            _, port = procs[n % 2]
+            token = issue_token(SECRET, role="patient", sub=patient, device_id=f"d{n}")
+            client = Client()
+            connections.append(await open_client(port, token, client.on_text))
+            clients.append(client)
+        await asyncio.sleep(3)  # let session.ready and presence traffic settle
+        steps.append(await bursts(publisher, topic, patient, clients, procs, wait_for))
+
+    # (b) paced, at the last step
+    sockets = len(clients)
+    for c in clients:
+        c.seqs.clear()
+        c.latencies.clear()
+    count = int(PACED_SECONDS * PACED_RATE)
+    for seq in range(count):
+        await publisher.publish(topic, frame(patient, seq))
+        await asyncio.sleep(1 / PACED_RATE)
+    await wait_for(count * sockets, 30)
+    latencies = [x * 1000 for c in clients for x in c.latencies]
+    delivered = len(latencies)
+    print(
+        f"(b) paced {PACED_RATE:.0f} frames/s for {PACED_SECONDS:.0f} s to {sockets} "
+        f"sockets: {delivered}/{count * sockets} delivered, "
+        f"latency p50 {percentile(latencies, 50):.1f} ms, "
+        f"p95 {percentile(latencies, 95):.1f} ms, p99 {percentile(latencies, 99):.1f} ms",
+        flush=True,
+    )
+    await publisher.close()
+    for connection in connections:
+        connection.close()
+    return {
+        "bursts": steps,
+        "paced": {
+            "sockets": sockets,
+            "frames_per_s": PACED_RATE,
+            "seconds": PACED_SECONDS,
+            "p99_ms": round(percentile(latencies, 99), 2),
+            # Every tenth of the sorted samples: the distribution, a tenth the size.
+            "latencies_ms": rounded(sorted(latencies)[::10]),
+        },
+    }
+
+
+def median(values: object) -> float:
+    assert isinstance(values, list)
+    return float(statistics.median(values))
+
+
 async def run(dsn: str, redis_url: str) -> None:
     # One patient's sockets, far past the per-patient cap a deployment runs with.
     cap = str(max(STEPS) + 10)
     async with gateways(
         2, dsn, redis_url, SEND_QUEUE_FRAMES="5000", MAX_SOCKETS_PER_PATIENT=cap
     ) as procs:
-        patient = uuid.uuid4()
-        clients: list[Client] = []
-        connections = []
-        publisher = RedisBroker(redis_url)
-        topic = patient_topic(patient)
-
-        async def wait_for(total: int, timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while sum(len(c.seqs) for c in clients) < total and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-
+        gateway = await measure("gateway", procs, redis_url)
+    # The floor (bench/floor.py) on the same Redis, right after: the ratio is the figure.
+    async with floors(2, redis_url) as procs:
+        floor = await measure("floor", procs, redis_url)
+    for ours, theirs in zip(gateway["bursts"], floor["bursts"], strict=True):  # type: ignore[call-overload]
         print(
-            f"sockets {', '.join(map(str, STEPS))} over 2 gateway processes, Redis pub/sub, "
-            f"{time.strftime('%Y-%m-%d')}",
-            flush=True,
+            f"ratio gateway ÷ floor at {ours['sockets']} sockets: deliveries/s "
+            f"{median(ours['deliveries_per_s']) / median(theirs['deliveries_per_s']):.2f}, "
+            f"CPU per delivery "
+            f"{median(ours['cpu_us_per_delivery']) / median(theirs['cpu_us_per_delivery']):.2f}"
         )
-        steps = []
-        for sockets in STEPS:
-            for n in range(len(clients), sockets):
-                _, port = procs[n % 2]
-                token = issue_token(SECRET, role="patient", sub=patient, device_id=f"d{n}")
-                client = Client()
-                connections.append(await open_client(port, token, client.on_text))
-                clients.append(client)
-            await asyncio.sleep(3)  # let session.ready and presence traffic settle
-            steps.append(await bursts(publisher, topic, patient, clients, procs, wait_for))
-
-        # (b) paced, at the last step
-        sockets = len(clients)
-        for c in clients:
-            c.seqs.clear()
-            c.latencies.clear()
-        count = int(PACED_SECONDS * PACED_RATE)
-        for seq in range(count):
-            await publisher.publish(topic, frame(patient, seq))
-            await asyncio.sleep(1 / PACED_RATE)
-        await wait_for(count * sockets, 30)
-        latencies = [x * 1000 for c in clients for x in c.latencies]
-        delivered = len(latencies)
-        print(
-            f"(b) paced {PACED_RATE:.0f} frames/s for {PACED_SECONDS:.0f} s to {sockets} "
-            f"sockets: {delivered}/{count * sockets} delivered, "
-            f"latency p50 {percentile(latencies, 50):.1f} ms, "
-            f"p95 {percentile(latencies, 95):.1f} ms, p99 {percentile(latencies, 99):.1f} ms"
-        )
-        save(
-            "fanout",
-            {
-                "bursts": steps,
-                "paced": {
-                    "sockets": sockets,
-                    "frames_per_s": PACED_RATE,
-                    "seconds": PACED_SECONDS,
-                    # Every tenth of the sorted samples: the distribution, a tenth the size.
-                    "latencies_ms": rounded(sorted(latencies)[::10]),
-                },
-            },
-        )
-        await publisher.close()
-        for connection in connections:
-            connection.close()
+    paced = gateway["paced"]["p99_ms"] / floor["paced"]["p99_ms"]  # type: ignore[index]
+    print(f"ratio gateway ÷ floor, paced p99: {paced:.2f}")
+    save("fanout", {"gateway": gateway, "floor": floor})
 
 
 def main() -> None:

@@ -58,29 +58,32 @@ def save(figure: Any, name: str) -> None:
 
 
 def fanout(document: dict[str, Any]) -> None:
-    figures = document["figures"]
-    steps = figures["bursts"]
-    sockets = [s["sockets"] for s in steps]
+    runs = document["figures"]  # "gateway" and "floor" (bench/floor.py), the same run
     figure, (rate_ax, cpu_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in (
         (rate_ax, "deliveries_per_s", "deliveries per second (bursts of 200 frames)"),
-        (cpu_ax, "cpu_us_per_delivery", "gateway CPU per delivery (µs)"),
+        (cpu_ax, "cpu_us_per_delivery", "server CPU per delivery (µs)"),
     ):
-        runs = [s[key] for s in steps]
-        medians = [sorted(r)[len(r) // 2] for r in runs]
-        low = [m - min(r) for m, r in zip(medians, runs, strict=True)]
-        high = [max(r) - m for m, r in zip(medians, runs, strict=True)]
-        ax.errorbar(sockets, medians, yerr=[low, high], marker="o", capsize=4)
+        for label, figures in runs.items():
+            steps = figures["bursts"]
+            sockets = [s["sockets"] for s in steps]
+            samples = [s[key] for s in steps]
+            medians = [sorted(r)[len(r) // 2] for r in samples]
+            low = [m - min(r) for m, r in zip(medians, samples, strict=True)]
+            high = [max(r) - m for m, r in zip(medians, samples, strict=True)]
+            ax.errorbar(sockets, medians, yerr=[low, high], marker="o", capsize=4, label=label)
         ax.set_xlabel("sockets of one patient, over 2 processes")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    figure.suptitle(f"Fan-out through Redis: median and range of runs — {caption(document)}")
+        ax.legend(fontsize=8)
+    figure.suptitle(f"Fan-out through Redis, median and range of runs — {caption(document)}")
     save(figure, "fanout-throughput.png")
 
-    paced = figures["paced"]
     figure, ax = plt.subplots(figsize=(7, 4))
-    cdf(ax, paced["latencies_ms"], f"{paced['sockets']} sockets")
+    for label, figures in runs.items():
+        paced = figures["paced"]
+        cdf(ax, paced["latencies_ms"], f"{label}, {paced['sockets']} sockets (every 10th sample)")
     percentile_marks(ax)
     ax.set_xscale("log")
     ax.set_xlabel("publish → received by the client (ms, log scale)")
@@ -90,7 +93,7 @@ def fanout(document: dict[str, Any]) -> None:
         f" — {caption(document)}",
         fontsize=9,
     )
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save(figure, "fanout-latency.png")
 
