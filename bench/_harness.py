@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -56,23 +56,47 @@ async def gateways(
     count: int, dsn: str, redis_url: str, **env: str
 ) -> AsyncIterator[list[tuple[int, int]]]:
     """`count` gateway processes; yields (pid, port) for each."""
-    processes: list[tuple[asyncio.subprocess.Process, int]] = []
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        process_env = {
+            **base,
+            "DATABASE_URL": dsn,
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": SECRET,
+            "PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+        return [sys.executable, "-m", "gateway", "serve", "--no-migrate"], process_env
+
+    async with _servers(count, command, "gateway") as started:
+        yield started
+
+
+@asynccontextmanager
+async def floors(count: int, redis_url: str) -> AsyncIterator[list[tuple[int, int]]]:
+    """`count` processes of the floor (bench/floor.py); yields (pid, port) for each."""
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-m", "bench.floor", str(port), redis_url], dict(os.environ)
+
+    async with _servers(count, command, "floor") as started:
+        yield started
+
+
+@asynccontextmanager
+async def _servers(
+    count: int, command: Callable[[int], tuple[list[str], dict[str, str]]], what: str
+) -> AsyncIterator[list[tuple[int, int]]]:
+    """`count` processes of `command(port)`, each on a port of its own; yields (pid,
+    port) once each answers GET /readyz, and stops them on the way out."""
+    processes: list[tuple[asyncio.subprocess.Process, int]] = []
     try:
         for _ in range(count):
             port = free_port()
-            process_env = {
-                **base,
-                "DATABASE_URL": dsn,
-                "REDIS_URL": redis_url,
-                "SECRET_KEY": SECRET,
-                "PORT": str(port),
-                "LOG_LEVEL": "WARNING",
-                **env,
-            }
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "serve", "--no-migrate", env=process_env
-            )
+            argv, process_env = command(port)
+            process = await asyncio.create_subprocess_exec(*argv, env=process_env)
             processes.append((process, port))
         async with httpx.AsyncClient() as http:
             for _, port in processes:
@@ -85,37 +109,7 @@ async def gateways(
                         pass
                     await asyncio.sleep(0.1)
                 else:
-                    raise RuntimeError(f"gateway on port {port} did not become ready")
-        yield [(process.pid, port) for process, port in processes]
-    finally:
-        for process, _ in processes:
-            process.terminate()
-        for process, _ in processes:
-            await process.wait()
-
-
-@asynccontextmanager
-async def floors(count: int, redis_url: str) -> AsyncIterator[list[tuple[int, int]]]:
-    """`count` processes of the floor (bench/floor.py); yields (pid, port) for each."""
-    processes = []
-    try:
-        for _ in range(count):
-            port = free_port()
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.floor", str(port), redis_url
-            )
-            processes.append((process, port))
-        async with httpx.AsyncClient() as http:
-            for _, port in processes:
-                for _ in range(300):
-                    try:
-                        if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
-                else:
-                    raise RuntimeError(f"the floor on port {port} did not start")
+                    raise RuntimeError(f"{what} on port {port} did not become ready")
         yield [(process.pid, port) for process, port in processes]
     finally:
         for process, _ in processes:
