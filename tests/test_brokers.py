@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from gateway.realtime.broker import Broker, BrokerUnavailable
 from gateway.realtime.broker.memory import MemoryBroker
 from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.hub import Hub, patient_topic
+from gateway.realtime.presence import Member, RedisPresenceStore
 from protocol.frames import Pong
 from tests.conftest import RedisServer
 from tests.support import TIMEOUT_S
@@ -212,3 +214,19 @@ async def test_a_held_topic_carries_signals_but_counts_no_socket(
     async with asyncio.timeout(TIMEOUT_S):
         assert await signals.get() == b"stop"
     await other.release(topic)
+
+
+async def test_renewing_a_patient_whose_last_socket_just_left_is_a_no_op(
+    redis_server: RedisServer,
+) -> None:
+    # A renewal round takes its list of patients first; sockets may leave meanwhile.
+    store = RedisPresenceStore(redis_server.url)
+    patient = uuid.uuid4()
+    try:
+        member = Member("s1", "device", "phone", datetime.now(UTC))
+        await store.add(patient, member)
+        await store.remove(patient, "s1")
+        await store.renew(patient, ())  # redis-py refuses an HSET of nothing: not raised
+        assert await store.members(patient) == []
+    finally:
+        await store.close()

@@ -125,6 +125,8 @@ class RedisPresenceStore:
         return members
 
     async def renew(self, patient_id: UUID, members: Sequence[Member]) -> None:
+        if not members:  # the last socket left while a renewal round was under way
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
             self._write(pipe, self._key(patient_id), members)
             await pipe.execute()
