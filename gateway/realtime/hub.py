@@ -180,13 +180,14 @@ class Hub:
             trace = message[1 : 1 + tracing.WIRE_SIZE]
             message = message[1 + tracing.WIRE_SIZE :]
             with tracing.span("hub.deliver", tracing.from_wire(trace)) as span:
-                frame_type = self._deliver_untraced(topic, message)
+                frame_type = self._deliver_envelope(topic, message)
                 span.set(frame_type=frame_type, listeners=len(self._topics.get(topic, ())))
         else:
-            self._deliver_untraced(topic, message)
+            self._deliver_envelope(topic, message)
 
-    def _deliver_untraced(self, topic: str, message: bytes) -> str:
-        """Deliver one envelope; its frame type ("" when this process has no interest)."""
+    def _deliver_envelope(self, topic: str, message: bytes) -> str:
+        """Deliver one envelope (without its trace context); its frame type ("" when this
+        process has no interest)."""
         published_at, origin, publisher, seq, kind_length = _HEADER.unpack_from(message)
         if publisher == self.id:
             self._own_came_back(seq)

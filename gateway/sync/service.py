@@ -107,25 +107,14 @@ class SyncService:
         writing = self._writing.get(patient_id, 0)
         if writing >= self.max_writes:
             raise WritesBusy
-        result: PushResult | None = None
-        counted = True
-
-        def done_writing() -> None:
-            nonlocal counted
-            if counted:
-                counted = False
-                left = self._writing[patient_id] - 1
-                if left:
-                    self._writing[patient_id] = left
-                else:
-                    del self._writing[patient_id]
+        result: PushResult | None = None  # set once stored: the write then counts no more
 
         async def after_commit(conn: Connection, written: WriteResult) -> list[ServerFrame]:
             nonlocal result
             result = _push_result(parsed, written)
             # Stored: the write no longer counts against the patient's cap (only its
             # publish is left), so a client that got its ack has room for the next.
-            done_writing()
+            self._done_writing(patient_id)
             if committed is not None:
                 committed(result)  # before the push's own sync.delta is published
             return []
@@ -140,12 +129,20 @@ class SyncService:
                 after_commit=after_commit,
             )
         finally:
-            done_writing()
+            if result is None:  # not stored: still counted
+                self._done_writing(patient_id)
         assert result is not None
         SYNC_MUTATIONS.labels("applied").inc(len(result.applied))
         SYNC_MUTATIONS.labels("duplicate").inc(len(result.duplicates))
         SYNC_MUTATIONS.labels("rejected").inc(len(result.rejected))
         return result
+
+    def _done_writing(self, patient_id: UUID) -> None:
+        left = self._writing[patient_id] - 1
+        if left:
+            self._writing[patient_id] = left
+        else:
+            del self._writing[patient_id]
 
     async def pull(self, patient_id: UUID, since: int, limit: int) -> Pulled:
         """The changes after `since`, read consistently with the latest version."""

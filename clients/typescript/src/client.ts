@@ -9,7 +9,6 @@ import type {
   Change,
   ChatDelta,
   ChatDone,
-  ChatMessage,
   ChatResume,
   ClientFrame,
   Mutation,
@@ -536,5 +535,3 @@ export class ChatStream implements AsyncIterable<ChatDelta | ChatResume | ChatDo
     return { text, done };
   }
 }
-
-export type { ChatMessage };
