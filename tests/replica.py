@@ -104,7 +104,7 @@ class Replica:
     ) -> dict[str, Any]:
         """Push and wait for the ack; refused as too fast or busy, back off and resend
         (the same mutation ids: a resend of what did get written is a duplicate)."""
-        # `rate_limited` names no frame (it was refused unread): any refusal after the
+        # `rate_limited` may name no frame (refused unread): any refusal after the
         # push may be the push's, and resending is harmless.
         while True:
             refusals = self.refusals

@@ -318,6 +318,7 @@ async def test_a_patients_sockets_share_one_frame_budget_and_writes_cost_more(
         await send(phone, {**push, "id": "p2"})  # needs 10, 1 left: refused
         error = (await recv(phone, skip=("presence", "sync.delta")))["error"]
         assert error["code"] == "rate_limited" and "this patient's sockets" in error["message"]
+        assert error["ref"] == "p2"  # read before it was refused: the client knows which
         await send(someone_else, {**push, "mutations": [{**thread, "id": str(uuid.uuid4())}]})
         while (frame := await recv(someone_else))["type"] == "sync.delta":
             pass  # another patient has a budget of their own

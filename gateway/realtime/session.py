@@ -299,7 +299,8 @@ class Session:
                 continue
             refusal = self._admission.after_decoding(decoded.type)
             if refusal is not None:
-                self._rate_limited(refusal)
+                # Read by now: the write's id tells the client which request to resend.
+                self._rate_limited(refusal, getattr(decoded, "id", None))
                 continue
             self._bad_in_a_row = 0
             await self._dispatch(decoded)
@@ -311,11 +312,11 @@ class Session:
         self.send_error(ProtocolError(ErrorCode.RATE_LIMITED, message))
         self.close(CloseCode.POLICY, "too many sockets for this patient")
 
-    def _rate_limited(self, message: str) -> None:
+    def _rate_limited(self, message: str, ref: str | None = None) -> None:
         if self._admission.refused():
             self.close(CloseCode.POLICY, "rate limit exceeded")
             return
-        self.send_error(ProtocolError(ErrorCode.RATE_LIMITED, message, retryable=True))
+        self.send_error(ProtocolError(ErrorCode.RATE_LIMITED, message, ref, retryable=True))
 
     def _bad_frame(self, error: ProtocolError) -> None:
         FRAMES_IN.labels("invalid").inc()

@@ -16,9 +16,8 @@ import type {
   SessionReady,
   SyncAck,
   SyncChanges,
-  SyncDelta,
 } from "./protocol.js";
-import { Replica } from "./replica.js";
+import { Replica, ReplicaFeed } from "./replica.js";
 import { audioFrame } from "./audio.js";
 
 export type FrameType = ServerFrame["type"];
@@ -35,6 +34,13 @@ export interface SocketLike {
   onerror: ((event: unknown) => void) | null;
 }
 export type SocketConstructor = new (url: string, protocols?: string | string[]) => SocketLike;
+
+/** A browser window's network events (absent under Node). */
+interface NetworkEvents {
+  addEventListener(type: "online" | "offline", listener: () => void): void;
+  removeEventListener(type: "online" | "offline", listener: () => void): void;
+  navigator?: { onLine?: boolean };
+}
 
 export interface ClientOptions {
   /** `ws(s)://host/v1/ws`; several are tried in turn when reconnecting. */
@@ -84,7 +90,9 @@ interface Pending {
 type Handler = (frame: ServerFrame) => void;
 
 export class PainarClient {
-  readonly replica = new Replica();
+  /** A patient session's own threads and messages (clinicians: see `ReplicaFeed`). */
+  readonly feed = new ReplicaFeed((since) => this.pull(since));
+  readonly replica: Replica = this.feed.replica;
   /** The latest `session.ready`. */
   session: SessionReady | null = null;
   state: State = "closed";
@@ -103,10 +111,11 @@ export class PainarClient {
   private readonly handlers = new Map<string, Set<Handler>>();
   private readonly stateHandlers = new Set<(state: State, detail?: unknown) => void>();
   private firstReady: { resolve(f: SessionReady): void; reject(e: unknown): void } | null = null;
-  private pulling = false;
-  private held: SyncDelta[] = [];
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private nextDelayMs: number | null = null;
+  private network: NetworkEvents | null = null; // browsers: the window's online/offline
+  private readonly wentOffline = () => this.dropForOffline();
+  private readonly cameOnline = () => this.reconnectNow();
 
   constructor(options: ClientOptions) {
     this.options = options;
@@ -114,11 +123,15 @@ export class PainarClient {
     const Socket = options.WebSocket ?? (globalThis as { WebSocket?: SocketConstructor }).WebSocket;
     if (!Socket) throw new Error("no WebSocket: pass options.WebSocket (e.g. the `ws` package's)");
     this.Socket = Socket;
+    const events = globalThis as unknown as Partial<NetworkEvents>;
+    if (typeof events.addEventListener === "function") this.network = events as NetworkEvents;
   }
 
   /** Open the socket; resolves with the first `session.ready`. */
   connect(): Promise<SessionReady> {
     this.closing = false;
+    this.network?.addEventListener("offline", this.wentOffline);
+    this.network?.addEventListener("online", this.cameOnline);
     return new Promise((resolve, reject) => {
       this.firstReady = { resolve, reject };
       void this.open();
@@ -128,6 +141,8 @@ export class PainarClient {
   /** Stop: close the socket, reconnect no more, fail what waits for an answer. */
   close(): void {
     this.closing = true;
+    this.network?.removeEventListener("offline", this.wentOffline);
+    this.network?.removeEventListener("online", this.cameOnline);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.socket?.close(1000, "client closed");
     this.failPending(new GatewayError("closed", "the client was closed"));
@@ -154,9 +169,29 @@ export class PainarClient {
     return (await this.request(frame, ["sync.ack"], true)) as SyncAck;
   }
 
-  async pull(since: number, limit?: number): Promise<SyncChanges> {
-    const frame = { type: "sync.pull", id: this.id(), since, ...(limit ? { limit } : {}) } as ClientFrame;
+  /** One page of changes after `since`; clinicians name the observed patient. */
+  async pull(since: number, limit?: number, patientId?: string): Promise<SyncChanges> {
+    const frame = {
+      type: "sync.pull",
+      id: this.id(),
+      since,
+      ...(limit ? { limit } : {}),
+      ...(patientId ? { patient_id: patientId } : {}),
+    } as ClientFrame;
     return (await this.request(frame, ["sync.changes"], true)) as SyncChanges;
+  }
+
+  /** Clinicians: start watching a patient on their care team (`observe.snapshot`, the
+   * patient's live frames and `presence` follow the ack). Not resent after a reconnect:
+   * observations belong to a connection, so observe again on each `session.ready`. */
+  async observe(patientId: string): Promise<Ack> {
+    const frame = { type: "observe", id: this.id(), patient_id: patientId } as ClientFrame;
+    return (await this.request(frame, ["ack"])) as Ack;
+  }
+
+  async unobserve(patientId: string): Promise<Ack> {
+    const frame = { type: "unobserve", id: this.id(), patient_id: patientId } as ClientFrame;
+    return (await this.request(frame, ["ack"])) as Ack;
   }
 
   /** Send a message and stream its reply: the deltas (and a `chat.resume` after a
@@ -243,6 +278,7 @@ export class PainarClient {
   private async open(): Promise<void> {
     if (this.closing) return;
     this.setState(this.connections === 0 ? "connecting" : "reconnecting");
+    if (this.network?.navigator?.onLine === false) return; // "online" reconnects
     let token: string;
     try {
       token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
@@ -306,6 +342,25 @@ export class PainarClient {
     this.retryTimer = setTimeout(() => void this.open(), delay);
   }
 
+  /** A socket is dead once the device goes offline, often long before it notices (no
+   * close may come for a minute): drop it, and wait for the network to come back rather
+   * than retrying into nothing. */
+  private dropForOffline(): void {
+    const socket = this.socket;
+    if (this.closing || !socket) return;
+    this.socket = null; // its close event, whenever it comes, is no longer ours
+    socket.close(1000, "offline");
+    this.onClosed(1006, "offline");
+  }
+
+  /** Back online: reconnect at once instead of waiting out the backoff. */
+  private reconnectNow(): void {
+    if (this.closing || this.state !== "reconnecting" || this.socket) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.attempt = 0;
+    void this.open();
+  }
+
   private setState(state: State, detail?: unknown): void {
     this.state = state;
     for (const handler of this.stateHandlers) handler(state, detail);
@@ -335,18 +390,20 @@ export class PainarClient {
         this.nextDelayMs = frame.after_ms;
         break;
       case "sync.delta":
-        this.onDelta(frame);
+        if (this.ownPatient(frame.patient_id)) this.feed.delta(frame);
         break;
       case "sync.version":
-        if (frame.version > this.replica.applied) this.catchUp();
+        if (this.ownPatient(frame.patient_id)) this.feed.version(frame.version);
         break;
       case "sync.changes":
-        break; // applied by catchUp, which asked for them
+        break; // applied by the feed, which asked for them
     }
     const ref = (frame as { ref?: string }).ref ?? (frame.type === "error" ? frame.error.ref : undefined);
     if (ref !== undefined && ref !== null) {
       const pending = this.pending.get(ref);
-      if (pending && (pending.answers.has(frame.type) || frame.type === "error")) {
+      if (pending?.resend && frame.type === "error" && frame.error.code === "rate_limited") {
+        this.sendAgainLater(pending); // refused unprocessed as too fast: the same frame, later
+      } else if (pending && (pending.answers.has(frame.type) || frame.type === "error")) {
         this.pending.delete(ref);
         clearTimeout(pending.timer);
         if (frame.type === "error") {
@@ -362,11 +419,20 @@ export class PainarClient {
     }
   }
 
+  /** A pause of one to one and a half seconds (the limit's window, spread out), then the
+   * request as it was, same id; a reconnect meanwhile resends it anyway. */
+  private sendAgainLater(pending: Pending): void {
+    const id = (pending.frame as { id?: string }).id ?? "";
+    setTimeout(() => {
+      if (this.pending.get(id) === pending && this.state === "open") this.socket?.send(JSON.stringify(pending.frame));
+    }, 1000 + Math.random() * 500);
+  }
+
   private onReady(frame: SessionReady): void {
     this.session = frame;
     this.attempt = 0;
-    this.setState("open");
-    // Resend what was not answered, under the same ids: the gateway knows replays.
+    // Resend what was not answered, under the same ids: the gateway knows replays. Before
+    // the state changes, so what its handlers send goes on this connection unharmed.
     for (const [id, pending] of this.pending) {
       if (pending.resend) this.socket?.send(JSON.stringify(pending.frame));
       else {
@@ -375,46 +441,16 @@ export class PainarClient {
         pending.reject(new GatewayError("closed", "the connection was lost before the answer", true));
       }
     }
-    this.pulling = false;
-    if ((frame.sync_version ?? 0) > this.replica.applied) this.catchUp();
+    this.setState("open");
+    if (frame.role === "patient") this.feed.version(frame.sync_version ?? 0, true);
     this.firstReady?.resolve(frame);
     this.firstReady = null;
   }
 
-  private onDelta(delta: SyncDelta): void {
-    if (this.pulling) {
-      this.held.push(delta);
-      return;
-    }
-    const replica = this.replica;
-    if (delta.version <= replica.applied) return;
-    const first = delta.changes[0];
-    if (first && first.version > replica.applied + 1) {
-      this.held.push(delta); // a gap: what is missing comes from a pull
-      this.catchUp();
-      return;
-    }
-    for (const change of delta.changes) replica.apply(change);
-  }
-
-  /** Pull from the replica's version until the gateway has nothing more, then replay
-   * the deltas that arrived meanwhile. */
-  private catchUp(): void {
-    if (this.pulling) return;
-    this.pulling = true;
-    const step = async (): Promise<void> => {
-      const page = await this.pull(this.replica.applied);
-      for (const change of page.changes) this.replica.apply(change);
-      if (page.has_more) return step();
-    };
-    step()
-      .then(() => {
-        this.pulling = false;
-        for (const delta of this.held.splice(0)) this.onDelta(delta);
-      })
-      .catch(() => {
-        this.pulling = false; // the next ready or sync.version pulls again
-      });
+  /** Sync frames of the session's own patient feed its replica; an observing
+   * clinician's (which name observed patients) are the console's to route. */
+  private ownPatient(patientId: string): boolean {
+    return this.session?.role === "patient" && patientId === this.session.patient_id;
   }
 
   /** @internal */

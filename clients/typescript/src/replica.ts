@@ -1,6 +1,6 @@
 // A device's local copy of the patient's threads and messages, fed only by changes
 // (sync.delta, sync.changes) in version order: what the protocol's sync loop keeps.
-import type { Change } from "./protocol.js";
+import type { Change, SyncChanges, SyncDelta } from "./protocol.js";
 
 export interface Entity {
   id: string;
@@ -37,5 +37,66 @@ export class Replica {
     const plain = (table: Map<string, Entity>) =>
       Object.fromEntries([...table.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([id, e]) => [id, e.data]));
     return { threads: plain(this.threads), messages: plain(this.messages) };
+  }
+}
+
+/** One patient's replica kept current: live deltas apply in version order; a gap, a
+ * `sync.version` above what was applied, or a (re)connect pulls until caught up, and the
+ * deltas that arrive meanwhile are replayed after. A device has one for its patient; a
+ * clinician's console one per observed patient. */
+export class ReplicaFeed {
+  readonly replica = new Replica();
+  private pulling = false;
+  private held: SyncDelta[] = [];
+  /** Called after changes were applied (live or pulled). */
+  onChange: (() => void) | null = null;
+
+  constructor(private readonly pull: (since: number) => Promise<SyncChanges>) {}
+
+  /** A live `sync.delta` of this patient. */
+  delta(delta: SyncDelta): void {
+    if (this.pulling) {
+      this.held.push(delta);
+      return;
+    }
+    const replica = this.replica;
+    if (delta.version <= replica.applied) return;
+    const first = delta.changes[0];
+    if (first && first.version > replica.applied + 1) {
+      this.held.push(delta); // a gap: what is missing comes from a pull
+      this.catchUp();
+      return;
+    }
+    for (const change of delta.changes) replica.apply(change);
+    this.onChange?.();
+  }
+
+  /** The patient's latest version as the gateway says it (`session.ready`,
+   * `observe.snapshot`, `sync.version`); `restart` after a new connection, whose earlier
+   * pull (if any) is answered there or not at all. */
+  version(version: number, restart = false): void {
+    if (restart) this.pulling = false;
+    if (version > this.replica.applied) this.catchUp();
+  }
+
+  /** Pull from the replica's version until the gateway has nothing more, then replay
+   * the deltas that arrived meanwhile. */
+  catchUp(): void {
+    if (this.pulling) return;
+    this.pulling = true;
+    const step = async (): Promise<void> => {
+      const page = await this.pull(this.replica.applied);
+      for (const change of page.changes) this.replica.apply(change);
+      this.onChange?.();
+      if (page.has_more) return step();
+    };
+    step()
+      .then(() => {
+        this.pulling = false;
+        for (const delta of this.held.splice(0)) this.delta(delta);
+      })
+      .catch(() => {
+        this.pulling = false; // the next ready or sync.version pulls again
+      });
   }
 }
