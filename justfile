@@ -48,7 +48,8 @@ run *args: install
 test *args: install test-tools
     {{bin}}/pytest -n 2 {{args}}
 
-# What the suite needs besides Python, installed when missing: espeak-ng, sox, promtool, Node
+# What the suite needs besides Python, installed when missing: espeak-ng, sox, promtool, Node,
+# Chromium (Debian's: the console's browser tests; Playwright downloads no browser)
 test-tools:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -57,6 +58,7 @@ test-tools:
     command -v sox >/dev/null || missing+=(sox)
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v npm >/dev/null || missing+=(nodejs npm)
+    command -v chromium >/dev/null || missing+=(chromium)
     if [ ${#missing[@]} != 0 ]; then
         if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
             # The prometheus package brings promtool; its server is not started here.
@@ -100,6 +102,17 @@ migrate: install
 # restart, a partition and slow readers (bench/faults.py; the suite runs a short form)
 faults: install
     {{bin}}/python -m bench.faults
+
+# Rebuild the TypeScript client and copy it into the console (it is served as committed)
+console-client:
+    npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+    npm run --prefix clients/typescript build
+    cp clients/typescript/dist/src/{audio,client,index,replica}.js gateway/console/static/client/
+
+# The console's screenshots in docs/, taken by its browser tests
+screenshots: install test-tools
+    mkdir -p docs/console
+    PAINAR_SCREENSHOTS=docs/console {{bin}}/pytest -q tests/test_console.py -k side_by_side
 
 # Draw the benchmarks' latest figures (docs/benchmarks/data/*.json) as PNG charts
 plots: install

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -30,6 +30,7 @@ from gateway.chat.handlers import ChatHandlers
 from gateway.chat.replies import ChatRequest
 from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
+from gateway.console.routes import console_routes
 from gateway.http.contract import asyncapi, upgrade_required
 from gateway.http.health import Readiness, healthz
 from gateway.http.limits import BodyLimitMiddleware, RestRateLimit
@@ -41,7 +42,7 @@ from gateway.observe import handlers as observe_handlers
 from gateway.observe.audit import AuditLog
 from gateway.observe.care_team import CareTeams
 from gateway.observe.config import ObserveConfig
-from gateway.observe.routes import AdminRoutes
+from gateway.observe.routes import AdminRoutes, ClinicianRoutes
 from gateway.observe.service import ObserveService
 from gateway.providers import NO_TRANSCRIPTION, make_models
 from gateway.realtime import control
@@ -155,7 +156,7 @@ class Services:
             self.db, self.authenticator.revoked, self.realtime, settings.revocation_check_s
         )
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         auth = BearerAuth(self.authenticator, on_refused=self.observe.refused_request)
         readiness = Readiness(
             {"database": self.db.ping, "broker": self.broker.ping},
@@ -171,6 +172,8 @@ class Services:
             Route("/sync/", SyncRoutes(self.sync, auth).endpoint, methods=["GET", "POST"]),
             Route("/chat/", ChatRoute(self.chat, auth).endpoint, methods=["POST"]),
             *AdminRoutes(self.care_teams, auth).routes(),
+            *ClinicianRoutes(self.care_teams, auth).routes(),
+            *console_routes(),
         ]
 
     async def start(self) -> None:

@@ -21,6 +21,7 @@ from tests.conftest import RedisServer, gateway_process
 from tests.support import TEST_SECRET
 
 CLIENT = Path(__file__).parent.parent / "clients" / "typescript"
+CONSOLE_COPY = Path(__file__).parent.parent / "gateway" / "console" / "static" / "client"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,24 @@ def test_the_clients_types_are_generated_from_todays_schema(npm: str, tmp_path: 
         "clients/typescript/src/protocol.ts is stale: "
         "`painar-gateway schema | node clients/typescript/scripts/types.mjs`"
     )
+
+
+def test_the_consoles_copy_of_the_client_is_the_clients_build(npm: str, tmp_path: Path) -> None:
+    # The console runs without a build step: it serves the compiled client, committed.
+    done = subprocess.run(
+        ["node", "node_modules/typescript/bin/tsc", "-p", "tsconfig.json", "--outDir", tmp_path],
+        cwd=CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    copied = sorted(path.name for path in CONSOLE_COPY.glob("*.js"))
+    assert copied == ["audio.js", "client.js", "index.js", "replica.js"]
+    for name in copied:
+        assert (tmp_path / "src" / name).read_text() == (CONSOLE_COPY / name).read_text(), (
+            f"gateway/console/static/client/{name} is stale: `just console-client`"
+        )
 
 
 async def test_the_typescript_client_against_two_gateway_processes(

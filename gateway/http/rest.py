@@ -12,7 +12,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.auth import AdminIdentity, Authenticator, AuthError, PatientIdentity, Principal
+from gateway.auth import (
+    AdminIdentity,
+    Authenticator,
+    AuthError,
+    ClinicianIdentity,
+    PatientIdentity,
+    Principal,
+)
 from protocol.codec import describe
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -47,6 +54,14 @@ class BearerAuth:
             return principal
         self.refused(principal, f"{request.method} {purpose}")
         return error_response(403, "forbidden", f"{purpose} is for patients")
+
+    async def clinician(self, request: Request, purpose: str) -> ClinicianIdentity | JSONResponse:
+        """The clinician behind `Authorization: Bearer`, or the 401/403 answer."""
+        principal = await self._principal(request)
+        if isinstance(principal, JSONResponse) or isinstance(principal, ClinicianIdentity):
+            return principal
+        self.refused(principal, f"{request.method} {purpose}")
+        return error_response(403, "forbidden", f"{purpose} is for clinicians")
 
     async def admin(self, request: Request) -> AdminIdentity | JSONResponse:
         """The admin behind `Authorization: Bearer`, or the 401/403 answer."""

@@ -4,6 +4,9 @@
 `DELETE /admin/care-team/{clinician_id}/{patient_id}` → 204, or 404 when there was none;
 `GET /admin/care-team?patient_id=|clinician_id=` → the grants in force;
 `GET /admin/audit?patient_id=&since=&after=&limit=` → a page of the patient's trail.
+
+And for clinicians: `GET /v1/care-team` → the patients on their own care team (what the
+console lists to observe).
 """
 
 from __future__ import annotations
@@ -104,6 +107,33 @@ class AdminRoutes:
         return JSONResponse(
             {"events": [_json(row.as_json()) for row in page.rows], "next_after": page.next_after}
         )
+
+
+class ClinicianRoutes:
+    def __init__(self, care_teams: CareTeams, auth: BearerAuth) -> None:
+        self.care_teams = care_teams
+        self.auth = auth
+
+    def routes(self) -> list[Route]:
+        return [Route("/v1/care-team", self.my_patients, methods=["GET"])]
+
+    async def my_patients(self, request: Request) -> Response:
+        """The grants in force naming the caller: whom they may observe, until when."""
+        clinician = await self.auth.clinician(request, "/v1/care-team")
+        if isinstance(clinician, JSONResponse):
+            return clinician
+        grants = await self.care_teams.grants(clinician_id=clinician.sub)
+        patients = [
+            _json(
+                {
+                    "patient_id": g.patient_id,
+                    "granted_at": g.granted_at,
+                    "expires_at": g.expires_at,
+                }
+            )
+            for g in grants
+        ]
+        return JSONResponse({"patients": patients})
 
 
 Query = TypeVar("Query", bound=BaseModel)
