@@ -8,6 +8,7 @@ Screenshots go to PAINAR_SCREENSHOTS when set (`just screenshots`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from tests.chatkit import Upstream, until
 from tests.conftest import RedisServer, gateway_process
 from tests.speech import RATE, SCRIPTS, as_wav, silence, synthesise
 from tests.support import TIMEOUT_S, Gateway
-from tests.wsclient import clinician_token, patient_token, send, session
+from tests.wsclient import clinician_token, patient_token, recv, send, session
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = TIMEOUT_S * 3 * 1000  # a transcription on two busy cores included
@@ -271,6 +272,53 @@ async def test_refusals_are_shown_in_words_and_the_page_fits_a_phone(
         assert overflow <= 0
         assert await serious_violations(phone) == []
         assert await serious_violations(page) == []
+
+
+async def test_a_clinician_observes_several_patients_in_panes_of_their_own(
+    gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    clinician, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for patient in (first, second):
+        await grant(db, clinician, patient, granted_by=uuid.uuid4())
+    async with (
+        session(gateway.ws_url, patient_token(first, "first-phone")) as (first_phone, _),
+        session(gateway.ws_url, patient_token(second, "second-phone")) as (second_phone, _),
+        chromium() as browser,
+    ):
+        for phone, patient in ((first_phone, first), (second_phone, second)):
+            thread = str(uuid.uuid4())
+            mutations = [
+                {"mutation_id": "t", "entity": "thread", "op": "upsert", "id": thread,
+                 "data": {"title": f"Thread of {patient}"}},
+                {"mutation_id": "m", "entity": "message", "op": "upsert", "id": str(uuid.uuid4()),
+                 "data": {"thread_id": thread, "role": "user", "content": f"Note of {patient}"}},
+            ]  # fmt: skip
+            await send(phone, {"type": "sync.push", "id": "p", "mutations": mutations})
+            await until(phone, "sync.ack")
+
+        page = await browser.new_page()
+        await connect(page, gateway.url, clinician_token(clinician))
+        for patient in (first, second):
+            await page.get_by_role("button", name=f"Observe patient {str(patient)[:8]}").click()
+        for patient, other in ((first, second), (second, first)):
+            pane = page.locator(f'section.pane[data-patient-id="{patient}"]')
+            await expect(pane.locator("li.message")).to_have_text(
+                [re.compile(f"Note of {patient}")]
+            )
+            await expect(pane.locator("[data-threads] button")).to_have_text(
+                [f"Thread of {patient}"]
+            )
+            await expect(pane).not_to_contain_text(str(other))
+
+        # Stop observing the first: its pane goes, its devices see the observer leave.
+        first_pane = page.locator(f'section.pane[data-patient-id="{first}"]')
+        await first_pane.get_by_role("button", name="Stop observing").click()
+        await expect(page.locator("section.pane")).to_have_count(1)
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                frame = await recv(first_phone, skip=("sync.delta",))
+                if frame["type"] == "presence" and frame["observers"] == []:
+                    break
 
 
 async def test_the_console_is_served_with_a_strict_policy_and_clinicians_list_their_team(
