@@ -24,7 +24,7 @@ from storage.care_team import CLI_GRANTER, Grant
 from storage.changes import Mutation
 from storage.database import Database
 from storage.embedding_queue import enqueue_all
-from storage.erasure import erase_remains, live_threads
+from storage.erasure import erase_remains, live_pain_reports, live_threads
 from storage.revocations import revoke
 
 EXIT_NOT_FOUND = 3
@@ -113,13 +113,15 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int, redis_url: str
 
 
 async def _erase(db: Database, patient_id: UUID, redis_url: str | None) -> int:
-    """Deletes the patient's threads through the change log (published, so open devices
-    delete them at once), then blanks what remains (storage/erasure.py)."""
+    """Deletes the patient's threads and pain reports through the change log (published,
+    so open devices delete them at once), then blanks what remains (storage/erasure.py)."""
     hub = Hub(RedisBroker(redis_url) if redis_url else MemoryBroker())
     try:
         async with db.acquire() as conn:
             threads = await live_threads(conn, patient_id)
+            reports = await live_pain_reports(conn, patient_id)
         deletes = [Mutation("thread", "delete", thread_id) for thread_id in threads]
+        deletes += [Mutation("pain_report", "delete", report_id) for report_id in reports]
         written = await ChangeWriter(db, hub).write(patient_id, deletes, device_id=None)
         async with db.acquire() as conn:
             remains = await erase_remains(conn, patient_id)
@@ -128,7 +130,8 @@ async def _erase(db: Database, patient_id: UUID, redis_url: str | None) -> int:
     finally:
         await hub.close()
     print(
-        f"erased patient {patient_id}: {len(threads)} thread(s) deleted "
+        f"erased patient {patient_id}: {len(threads)} thread(s) and "
+        f"{len(reports)} pain report(s) deleted "
         f"(sync version {written.version}), {remains.changes} earlier change(s) "
         f"and {remains.messages} other message(s) blanked"
     )

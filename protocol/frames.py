@@ -194,12 +194,15 @@ class AudioCancel(ClientFrame):
     stream_id: UUID
 
 
+Entity = Literal["thread", "message", "pain_report"]
+
+
 class Mutation(ClientPart):
     """One change a device pushes. Checked one by one (protocol/mutations.py), so a bad
     mutation is rejected alone instead of failing the whole push."""
 
     mutation_id: FreeId
-    entity: Literal["thread", "message"]
+    entity: Entity
     op: Literal["upsert", "delete"]
     id: UUID
     data: dict[str, Any] | None = None
@@ -215,6 +218,45 @@ class MessageFields(ClientPart):
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS * 4)]
     svg_path: SvgPath | None = None
     created_at: ClientTime | None = None
+
+
+# How the pain feels, in the words of pain questionnaires (a fixed vocabulary, so that
+# reports can be charted and exported as they are).
+PainQuality = Literal[
+    "burning",
+    "stabbing",
+    "aching",
+    "throbbing",
+    "shooting",
+    "cramping",
+    "tingling",
+    "dull",
+    "sharp",
+]
+PAIN_QUALITIES: tuple[str, ...] = get_args(PainQuality)
+Intensity = Annotated[int, Field(strict=True, ge=0, le=10)]  # the numeric rating scale
+Region = Annotated[str, Field(min_length=1, max_length=100)]  # "lower back"
+Qualities = Annotated[list[PainQuality], Field(max_length=len(PAIN_QUALITIES))]
+Note = Annotated[str, Field(max_length=2000)]
+
+
+def each_once(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError("each quality at most once")
+    return value
+
+
+class PainReportFields(ClientPart):
+    """How much it hurts (the 0-10 numeric rating scale) and where, when, and how."""
+
+    intensity: Intensity
+    svg_path: SvgPath | None = None
+    region: Region | None = None
+    qualities: Annotated[Qualities, AfterValidator(each_once)] = []
+    note: Note | None = None
+    onset_at: ClientTime | None = None
+    recorded_at: ClientTime | None = None
+    thread_id: UUID | None = None
 
 
 class SyncPush(ClientFrame):
@@ -464,7 +506,7 @@ class SyncAck(ServerFrame):
 
 class Change(ServerPart):
     version: int
-    entity: Literal["thread", "message"]
+    entity: Entity
     op: Literal["upsert", "delete"]
     id: UUID
     data: dict[str, Any] | None

@@ -14,16 +14,29 @@ from pydantic import ValidationError
 
 from protocol.codec import describe
 from protocol.codes import ErrorCode
-from protocol.frames import MAX_ID_CHARS, MessageFields, Mutation, ThreadFields
+from protocol.frames import (
+    MAX_ID_CHARS,
+    Entity,
+    MessageFields,
+    Mutation,
+    PainReportFields,
+    ThreadFields,
+)
+
+FIELDS: dict[Entity, type[ThreadFields | MessageFields | PainReportFields]] = {
+    "thread": ThreadFields,
+    "message": MessageFields,
+    "pain_report": PainReportFields,
+}
 
 
 @dataclass(frozen=True)
 class ValidMutation:
     mutation_id: str
-    entity: Literal["thread", "message"]
+    entity: Entity
     op: Literal["upsert", "delete"]
     id: UUID
-    data: ThreadFields | MessageFields | None  # None for deletes
+    data: ThreadFields | MessageFields | PainReportFields | None  # None for deletes
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,8 @@ def parse_mutation(raw: Any) -> ValidMutation | InvalidMutation:
         return ValidMutation(mutation_id, mutation.entity, mutation.op, mutation.id, None)
     if mutation.data is None:
         return InvalidMutation(mutation_id, ErrorCode.INVALID, "data: required for an upsert")
-    fields = ThreadFields if mutation.entity == "thread" else MessageFields
     try:
-        data = fields.model_validate(mutation.data)
+        data = FIELDS[mutation.entity].model_validate(mutation.data)
     except ValidationError as exc:
         return InvalidMutation(mutation_id, ErrorCode.INVALID, "data." + describe(exc))
     if isinstance(data, MessageFields) and data.role != "user":

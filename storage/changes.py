@@ -24,7 +24,7 @@ from uuid import UUID
 from protocol.codes import ErrorCode
 from storage.database import Connection
 
-Entity = Literal["thread", "message"]
+Entity = Literal["thread", "message", "pain_report"]
 Op = Literal["upsert", "delete"]
 Role = Literal["user", "assistant"]
 Source = Literal["text", "voice", "sync"]
@@ -50,11 +50,23 @@ class MessageData:
 
 
 @dataclass(frozen=True)
+class PainReportData:
+    intensity: int  # 0-10, the numeric rating scale
+    svg_path: str | None = None
+    region: str | None = None
+    qualities: tuple[str, ...] = ()
+    note: str | None = None
+    onset_at: datetime | None = None
+    recorded_at: datetime | None = None  # None: now
+    thread_id: UUID | None = None
+
+
+@dataclass(frozen=True)
 class Mutation:
     entity: Entity
     op: Op
     id: UUID
-    data: ThreadData | MessageData | None = None
+    data: ThreadData | MessageData | PainReportData | None = None
     # With the writer's device id, the idempotency key. None for server-side writes.
     mutation_id: str | None = None
 
@@ -173,21 +185,43 @@ def _payload_data(m: Mutation) -> dict[str, Any] | None | Rejected:
         if not isinstance(m.data, ThreadData):
             return Rejected(ErrorCode.INVALID, "data: a thread upsert needs thread data")
         return {"title": m.data.title}
+    if m.entity == "pain_report":
+        if not isinstance(m.data, PainReportData):
+            return Rejected(ErrorCode.INVALID, "data: a pain report upsert needs its data")
+        report = m.data
+        return {
+            "intensity": report.intensity,
+            "svg_path": report.svg_path,
+            "region": report.region,
+            "qualities": list(report.qualities),
+            "note": report.note,
+            "onset_at": _in_utc(report.onset_at),
+            "recorded_at": _in_utc(report.recorded_at),
+            "thread_id": report.thread_id,
+        }
     if not isinstance(m.data, MessageData):
         return Rejected(ErrorCode.INVALID, "data: a message upsert needs message data")
-    created_at = m.data.created_at
-    if created_at is not None and created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=UTC)  # a time without a zone is UTC
     return {
         "thread_id": m.data.thread_id,
         "role": m.data.role,
         "content": m.data.content,
         "svg_path": m.data.svg_path,
         "source": m.data.source,
-        "created_at": created_at,
+        "created_at": _in_utc(m.data.created_at),
         "finish_reason": m.data.finish_reason,
         "reply_to": m.data.reply_to,
     }
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+# Times the server fills in when a device gives none: a replay without them is the same.
+_SERVER_TIMES = ("created_at", "recorded_at")
 
 
 async def _changes_at(conn: Connection, patient_id: UUID, versions: list[int]) -> dict[int, Any]:
@@ -215,7 +249,7 @@ def _same_change(pushed: dict[str, Any], first: Any) -> bool:
     for key, value in given.items():
         if key not in stored:
             continue
-        if value is None and (key == "created_at" or stored[key] is None):
+        if value is None and (key in _SERVER_TIMES or stored[key] is None):
             continue  # no time given: the server's, whenever it was
         if isinstance(value, datetime):
             if stored[key] is None or datetime.fromisoformat(stored[key]) != value:

@@ -1,10 +1,11 @@
 """Erasing a patient: what `painar-gateway erase --patient` does after deleting the
-patient's threads through the change log (which devices hear of as usual).
+patient's threads and pain reports through the change log (which devices hear of as
+usual).
 
 The rows stay as tombstones (ids and deleted flags: a replayed write of an erased id is
 refused, not re-created) and the change log keeps its versions (each row reads as a
 delete without data), so devices converge; no row keeps the patient's words, body-map
-regions, titles or vectors (their memory graph, if any, is dropped). The access audit
+regions, titles, pain reports or vectors (their memory graph, if any, is dropped). The access audit
 trail stays: it holds who looked, not what they saw, and its retention is a legal duty
 of its own.
 """
@@ -34,6 +35,14 @@ async def live_threads(conn: Connection, patient_id: UUID) -> list[UUID]:
     return [row["id"] for row in rows]
 
 
+async def live_pain_reports(conn: Connection, patient_id: UUID) -> list[UUID]:
+    rows = await conn.fetch(
+        "SELECT id FROM pain_reports WHERE patient_id = $1 AND NOT deleted ORDER BY created_at",
+        patient_id,
+    )
+    return [row["id"] for row in rows]
+
+
 async def erase_remains(conn: Connection, patient_id: UUID) -> Erased:
     """Blank whatever of the patient still holds content once its threads are deleted
     (rows deleted before erasure existed, messages outside any live thread)."""
@@ -53,6 +62,11 @@ async def erase_remains(conn: Connection, patient_id: UUID) -> Erased:
         changes = await conn.execute(
             "UPDATE changes SET op = 'delete', data = NULL "
             "WHERE patient_id = $1 AND data IS NOT NULL",
+            patient_id,
+        )
+        # Blanked by their delete trigger (sql/0010), as any deleted pain report is.
+        await conn.execute(
+            "UPDATE pain_reports SET deleted = true WHERE patient_id = $1 AND NOT deleted",
             patient_id,
         )
         memories = await conn.execute("DELETE FROM memories WHERE patient_id = $1", patient_id)

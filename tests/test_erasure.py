@@ -15,6 +15,7 @@ import asyncpg
 
 from tests.conftest import RedisServer
 from tests.support import TEST_SECRET, gateway_env, make_settings, serve_gateway
+from tests.test_pain_reports import pain_report
 from tests.test_sync import message, push, thread
 from tests.wsclient import patient_token, recv, send, session
 
@@ -41,6 +42,10 @@ async def stored_text(db: asyncpg.Connection, patient: uuid.UUID) -> list[str]:
         UNION ALL SELECT data::text FROM changes WHERE patient_id = $1 AND data IS NOT NULL
         UNION ALL SELECT 'memory' FROM memories WHERE patient_id = $1
         UNION ALL SELECT 'queued' FROM embedding_queue WHERE patient_id = $1
+        UNION ALL SELECT concat_ws(' ', intensity, region, svg_path, note, qualities::text)
+            FROM pain_reports WHERE patient_id = $1
+              AND (intensity IS NOT NULL OR region IS NOT NULL OR note IS NOT NULL
+                   OR svg_path IS NOT NULL OR qualities <> '{}')
         """,
         patient,
     )
@@ -114,17 +119,23 @@ async def test_erase_removes_everything_of_a_patient_and_open_devices_see_it(
         for n, thread_id in enumerate(threads):
             await push(ws, f"t{n}", thread(f"t{n}", thread_id, title=f"HIP-title-{n}"))
             await push(ws, f"m{n}", message(f"m{n}", thread_id, f"HIP-words-{n}", svg_path=REGION))
+        report = pain_report("r", uuid.uuid4(), region="HIP-region", note="HIP-note")
+        await push(ws, "r", report)
         await push(bystander, "o", thread("o", uuid.uuid4(), title="Untouched"))
         before = await db.fetchval("SELECT sync_version FROM patients WHERE id = $1", patient)
         out = await asyncio.to_thread(erase, patient, database_url, redis_server.url, tmp_path)
-        assert "2 thread(s) deleted" in out
-        while (delta := await recv(ws))["type"] != "sync.delta":
+        assert "2 thread(s) and 1 pain report(s) deleted" in out
+        while (delta := await recv(ws))["type"] != "sync.delta" or delta["version"] <= before:
             pass  # the erasure reaches the open device live
-        assert {(c["entity"], c["op"]) for c in delta["changes"]} == {("thread", "delete")}
-        assert {c["id"] for c in delta["changes"]} == {str(t) for t in threads}
-        assert delta["version"] == before + 2
+        assert [(c["entity"], c["op"]) for c in delta["changes"]] == [
+            ("thread", "delete"),
+            ("thread", "delete"),
+            ("pain_report", "delete"),
+        ]
+        assert {c["id"] for c in delta["changes"]} == {*map(str, threads), report["id"]}
+        assert delta["version"] == before + 3
         changes = await pull_all(ws)
-        assert len(changes) == before + 2 and all(c["data"] is None for c in changes)
+        assert len(changes) == before + 3 and all(c["data"] is None for c in changes)
         assert await stored_text(db, patient) == []
         assert await stored_text(db, other) != []  # another patient keeps everything
     trail = await db.fetch(

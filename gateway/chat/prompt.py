@@ -1,6 +1,7 @@
-"""The prompt for one reply: who the assistant is, what the patient said before that is
-relevant (with dates), the recent turns of the thread within a budget, and the message,
-with the body-map region when the patient marked one. Pure: no I/O."""
+"""The prompt for one reply: who the assistant is, the patient's recent pain reports
+(dated), what the patient said before that is relevant (with dates), the recent turns of
+the thread within a budget, and the message, with the body-map region when the patient
+marked one. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from storage.memories import Memory
+from storage.pain_reports import PainReport
 
 SYSTEM_PROMPT = """\
 You are PainAR, a supportive companion for people living with pain, speaking with a
@@ -42,10 +44,19 @@ def build_messages(
     memories: Sequence[Memory] = (),
     recent: Sequence[Turn] = (),
     svg_path: str | None = None,
+    pain_reports: Sequence[PainReport] = (),
+    today: datetime | None = None,
     budget_tokens: int = 3000,
 ) -> list[dict[str, str]]:
-    """Chat messages for the model; `recent` oldest first, the newest kept when trimming."""
+    """Chat messages for the model; `recent` oldest first, the newest kept when trimming;
+    `pain_reports` newest first."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    if pain_reports:
+        lines = [f"- {_report(r)}" for r in pain_reports]
+        heading = "The patient's recent pain reports (0-10 numeric rating scale), newest first"
+        if today is not None:
+            heading += f"; today is {_date(today)} (UTC)"
+        messages.append({"role": "system", "content": heading + ":\n" + "\n".join(lines)})
     if memories:
         lines = [f"- ({_date(m.created_at)}) {m.content}" for m in memories]
         messages.append(
@@ -74,3 +85,18 @@ def build_messages(
 
 def _date(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d")
+
+
+def _report(report: PainReport) -> str:
+    text = f"{report.recorded_at.strftime('%Y-%m-%d %H:%M')} UTC: {report.intensity}/10"
+    if report.region:
+        text += f", {report.region}"
+    elif report.svg_path:
+        text += ", a region marked on the body map"
+    if report.qualities:
+        text += f" ({', '.join(report.qualities)})"
+    if report.onset_at:
+        text += f", began {_date(report.onset_at)}"
+    if report.note:
+        text += f": {report.note}"
+    return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 from gateway import tracing
 from gateway.chat.config import ChatConfig
@@ -24,11 +25,15 @@ from protocol.frames import ChatDone, ServerFrame, Usage
 from storage.changes import Applied, FinishReason, MessageData, Mutation, WriteResult
 from storage.database import Connection, Database, DatabaseUnavailable
 from storage.memories import nearest_memories, store_memory
+from storage.pain_reports import recent_pain_reports
 from storage.replies import recent_turns, release_reply, renew_reply
 
 log = logging.getLogger(__name__)
 
 RECENT_TURNS = 20
+# The pain reports in a prompt: enough to see a trend over the last weeks.
+PAIN_REPORTS = 10
+PAIN_REPORTS_WITHIN = timedelta(days=30)
 ECHO_WAIT_S = 0.05  # at most, for the last delta to come back from the broker
 # A streamed reply whose database went away (a restart, a failover) is stored once it is
 # back, trying for this long: its text exists only here. The lease is renewed meanwhile.
@@ -134,9 +139,13 @@ class ReplyRun:
         assert reply.embedding is not None
         # No connection is held while the embedding call is on its way (a slow model
         # server must not take the pool from every other patient).
+        now = datetime.now(UTC)
         async with self.db.acquire() as conn:
             recent = await recent_turns(
                 conn, request.thread_id, before=reply.message_id, limit=RECENT_TURNS
+            )
+            reports = await recent_pain_reports(
+                conn, request.patient_id, limit=PAIN_REPORTS, since=now - PAIN_REPORTS_WITHIN
             )
         vector = await reply.embedding
         memories = []
@@ -160,6 +169,8 @@ class ReplyRun:
             memories=memories,
             recent=[Turn(turn.role, turn.content) for turn in recent],
             svg_path=request.svg_path,
+            pain_reports=reports,
+            today=now,
             budget_tokens=config.history_tokens,
         )
         return vector, messages

@@ -1,7 +1,8 @@
 """The original backend's sync routes, on the same pipeline as `sync.push`/`sync.pull`.
 
-`POST /sync/` takes the original payload (`threads` and `messages`, each item with an
-`operation` insert/update/delete, plus `client_id` and `sync_timestamp`). Each item
+`POST /sync/` takes the original payload (`threads` and `messages`, and `pain_reports`
+beside them, each item with an `operation` insert/update/delete, plus `client_id` and
+`sync_timestamp`). Each item
 becomes a mutation whose id is the request's key (its `Idempotency-Key` header, else
 `client_id` with `sync_timestamp`) and the item's position, so a retried POST is
 recognised and not applied twice; a request with neither always applies.
@@ -18,7 +19,15 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,7 +42,12 @@ from protocol.frames import (
     MAX_VERSION,
     ClientText,
     ClientTime,
+    Intensity,
+    Note,
+    Qualities,
+    Region,
     SvgPath,
+    each_once,
 )
 
 Operation = Literal["insert", "update", "delete"]
@@ -63,17 +77,33 @@ class LegacyMessage(LegacyItem):
         return None if value == "" else value  # how the original clients said "none"
 
 
+class LegacyPainReport(LegacyItem):
+    # In the same flat style; `intensity` is required for insert and update (the mutation
+    # is rejected naming it otherwise), not for delete.
+    intensity: Intensity | None = None
+    svg_path: SvgPath | None = None
+    region: Region | None = None
+    qualities: Annotated[Qualities, AfterValidator(each_once)] = []
+    note: Note | None = None
+    onset_at: ClientTime | None = None
+    recorded_at: ClientTime | None = None
+    thread_id: UUID | None = None
+
+
 class LegacySync(ClientText):
     model_config = ConfigDict(extra="ignore")
     threads: list[LegacyThread] = []
     messages: list[LegacyMessage] = []
+    pain_reports: list[LegacyPainReport] = []
     client_id: Annotated[str, Field(min_length=1, max_length=128)]
     sync_timestamp: int | float | None = None
 
     @model_validator(mode="after")
     def _not_too_many(self) -> LegacySync:
-        if len(self.threads) + len(self.messages) > MAX_MUTATIONS:
-            raise ValueError(f"at most {MAX_MUTATIONS} threads and messages per request")
+        if len(self.threads) + len(self.messages) + len(self.pain_reports) > MAX_MUTATIONS:
+            raise ValueError(
+                f"at most {MAX_MUTATIONS} threads, messages and pain reports per request"
+            )
         return self
 
 
@@ -104,6 +134,7 @@ class SyncRoutes:
         key = _request_key(request, payload)
         items: list[tuple[str, LegacyItem]] = [("thread", t) for t in payload.threads]
         items += [("message", m) for m in payload.messages]
+        items += [("pain_report", r) for r in payload.pain_reports]
         mutations = [_mutation(key, n, entity, item) for n, (entity, item) in enumerate(items)]
         try:
             result = await self.service.push(

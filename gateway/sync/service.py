@@ -19,13 +19,21 @@ from gateway import tracing
 from gateway.sync.metrics import SYNC_MUTATIONS, SYNC_PULLS
 from gateway.sync.writes import ChangeWriter, wire_change
 from protocol.codes import ErrorCode
-from protocol.frames import Change, MessageFields, RejectedMutation, ServerFrame, ThreadFields
+from protocol.frames import (
+    Change,
+    MessageFields,
+    PainReportFields,
+    RejectedMutation,
+    ServerFrame,
+    ThreadFields,
+)
 from protocol.mutations import InvalidMutation, ValidMutation, parse_mutation
 from storage.changes import (
     Applied,
     Duplicate,
     MessageData,
     Mutation,
+    PainReportData,
     Rejected,
     ThreadData,
     WriteResult,
@@ -162,8 +170,19 @@ class SyncService:
 
 
 def _stored(m: ValidMutation) -> Mutation:
-    data: ThreadData | MessageData | None = None
-    if isinstance(m.data, ThreadFields):
+    data: ThreadData | MessageData | PainReportData | None = None
+    if isinstance(m.data, PainReportFields):
+        data = PainReportData(
+            intensity=m.data.intensity,
+            svg_path=m.data.svg_path,
+            region=m.data.region,
+            qualities=tuple(m.data.qualities),
+            note=m.data.note,
+            onset_at=m.data.onset_at,
+            recorded_at=m.data.recorded_at,
+            thread_id=m.data.thread_id,
+        )
+    elif isinstance(m.data, ThreadFields):
         data = ThreadData(title=m.data.title)
     elif isinstance(m.data, MessageFields):
         data = MessageData(

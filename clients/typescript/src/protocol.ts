@@ -44,7 +44,7 @@ export type Id5 = string
  */
 export type Mutations = [Mutation, ...(Mutation)[]]
 export type MutationId = string
-export type Entity = ("thread" | "message")
+export type Entity = ("thread" | "message" | "pain_report")
 export type Op = ("upsert" | "delete")
 export type Id6 = string
 export type Data = ({
@@ -161,7 +161,7 @@ export type Type25 = "sync.delta"
 export type PatientId13 = string
 export type Version1 = number
 export type Version2 = number
-export type Entity1 = ("thread" | "message")
+export type Entity1 = ("thread" | "message" | "pain_report")
 export type Op1 = ("upsert" | "delete")
 export type Id11 = string
 export type Data1 = ({

@@ -1,4 +1,4 @@
-// A device's local copy of the patient's threads and messages, fed only by changes
+// A device's local copy of the patient's threads, messages and pain reports, fed only by changes
 // (sync.delta, sync.changes) in version order: what the protocol's sync loop keeps.
 import type { Change, SyncChanges, SyncDelta } from "./protocol.js";
 
@@ -13,11 +13,13 @@ export class Replica {
   applied = 0;
   readonly threads = new Map<string, Entity>();
   readonly messages = new Map<string, Entity>();
+  readonly painReports = new Map<string, Entity>();
 
   /** Apply one change (upsert replaces the entity's fields; delete removes it). */
   apply(change: Change): boolean {
     if (change.version <= this.applied) return false;
-    const table = change.entity === "thread" ? this.threads : this.messages;
+    const tables = { thread: this.threads, message: this.messages, pain_report: this.painReports };
+    const table = tables[change.entity];
     if (change.op === "delete") {
       table.delete(change.id);
       if (change.entity === "thread") {
@@ -33,10 +35,10 @@ export class Replica {
   }
 
   /** A plain, comparable picture: entity id -> data, sorted by id. */
-  snapshot(): { threads: Record<string, unknown>; messages: Record<string, unknown> } {
+  snapshot(): Record<"threads" | "messages" | "painReports", Record<string, unknown>> {
     const plain = (table: Map<string, Entity>) =>
       Object.fromEntries([...table.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([id, e]) => [id, e.data]));
-    return { threads: plain(this.threads), messages: plain(this.messages) };
+    return { threads: plain(this.threads), messages: plain(this.messages), painReports: plain(this.painReports) };
   }
 }
 

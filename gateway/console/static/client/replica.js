@@ -3,11 +3,13 @@ export class Replica {
     applied = 0;
     threads = new Map();
     messages = new Map();
+    painReports = new Map();
     /** Apply one change (upsert replaces the entity's fields; delete removes it). */
     apply(change) {
         if (change.version <= this.applied)
             return false;
-        const table = change.entity === "thread" ? this.threads : this.messages;
+        const tables = { thread: this.threads, message: this.messages, pain_report: this.painReports };
+        const table = tables[change.entity];
         if (change.op === "delete") {
             table.delete(change.id);
             if (change.entity === "thread") {
@@ -26,7 +28,7 @@ export class Replica {
     /** A plain, comparable picture: entity id -> data, sorted by id. */
     snapshot() {
         const plain = (table) => Object.fromEntries([...table.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([id, e]) => [id, e.data]));
-        return { threads: plain(this.threads), messages: plain(this.messages) };
+        return { threads: plain(this.threads), messages: plain(this.messages), painReports: plain(this.painReports) };
     }
 }
 /** One patient's replica kept current: live deltas apply in version order; a gap, a
