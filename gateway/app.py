@@ -31,6 +31,8 @@ from gateway.chat.replies import ChatRequest
 from gateway.chat.routes import ChatRoute
 from gateway.chat.service import ChatService
 from gateway.console.routes import console_routes
+from gateway.export.routes import FhirRoutes
+from gateway.export.webhook import ExportConfig, FhirExporter
 from gateway.http.contract import asyncapi, upgrade_required
 from gateway.http.health import Readiness, healthz
 from gateway.http.limits import BodyLimitMiddleware, RestRateLimit
@@ -99,6 +101,8 @@ class Services:
         self.embedding_worker = EmbeddingWorker(
             MemoryConfig.from_settings(settings), db=self.db, embedder=self.models.embedder
         )
+        export = ExportConfig.from_settings(settings)
+        self.fhir_exporter = FhirExporter(export, self.db) if export else None
         writer = ChangeWriter(self.db, self.hub)
         self.sync = SyncService(
             self.db,
@@ -173,6 +177,7 @@ class Services:
             Route("/chat/", ChatRoute(self.chat, auth).endpoint, methods=["POST"]),
             *AdminRoutes(self.care_teams, auth).routes(),
             *ClinicianRoutes(self.care_teams, auth).routes(),
+            *FhirRoutes(self.db, auth, self.audit_log.write).routes(),
             *console_routes(),
         ]
 
@@ -184,10 +189,14 @@ class Services:
         self.audit_log.start()
         self.observe.start()
         self.embedding_worker.start()
+        if self.fhir_exporter is not None:
+            self.fhir_exporter.start()
 
     async def close(self) -> None:
         await self.revocations.close()
         await self.embedding_worker.close()
+        if self.fhir_exporter is not None:
+            await self.fhir_exporter.close()
         await self.observe.close()
         await self.audit_log.close()
         await self.audio.close()

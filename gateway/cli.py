@@ -1,5 +1,5 @@
 """`painar-gateway` (also `python -m gateway`): serve, migrate, token, schema, care-team,
-audit, revoke, reembed, erase."""
+audit, revoke, reembed, erase, fhir-export."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
-        if command in ("care-team", "audit", "reembed", "revoke", "erase"):
+        if command in ("care-team", "audit", "reembed", "revoke", "erase", "fhir-export"):
             return _admin(settings, args)
         return _serve(settings, args)
     except (KeyboardInterrupt, Terminated):

@@ -1,6 +1,7 @@
-"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke`, `reembed` and
-`erase`: care teams, the access audit trail (the admin HTTP API does the same), revoked
-subjects, the embedding queue and erasure, from the command line."""
+"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke`, `reembed`, `erase` and
+`fhir-export`: care teams, the access audit trail (the admin HTTP API does the same),
+revoked subjects, the embedding queue, erasure and a patient's record as FHIR, from the
+command line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from gateway.export.fhir import collection
 from gateway.observe.care_team import CareTeams
 from gateway.realtime.broker.memory import MemoryBroker
 from gateway.realtime.broker.redis import RedisBroker
@@ -25,6 +27,7 @@ from storage.changes import Mutation
 from storage.database import Database
 from storage.embedding_queue import enqueue_all
 from storage.erasure import erase_remains, live_pain_reports, live_threads
+from storage.pain_reports import reports_between
 from storage.revocations import revoke
 
 EXIT_NOT_FOUND = 3
@@ -56,6 +59,13 @@ def add_commands(commands: Any) -> None:
         "erase", help="erase every thread, message and memory of a patient (devices see deletes)"
     )
     erase.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
+    export = commands.add_parser(
+        "fhir-export", help="print a patient's pain reports as a FHIR R4 Bundle (JSON)"
+    )
+    export.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
+    export.add_argument("--since", type=_when, help="ISO-8601: reports recorded from then")
+    export.add_argument("--until", type=_when, help="ISO-8601: reports recorded before then")
+    export.add_argument("--thread", type=UUID, help="one thread's reports (a session)")
     audit = commands.add_parser("audit", help="print a patient's access audit trail")
     audit.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
     audit.add_argument("--since", type=_when, help="ISO-8601 time to start from")
@@ -91,6 +101,8 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int, redis_url: str
             return 0
         if args.command == "erase":
             return await _erase(db, args.patient, redis_url)
+        if args.command == "fhir-export":
+            return await _fhir_export(db, args)
         if args.command == "reembed":
             async with db.acquire() as conn:
                 queued = await enqueue_all(conn, args.patient)
@@ -135,6 +147,17 @@ async def _erase(db: Database, patient_id: UUID, redis_url: str | None) -> int:
         f"(sync version {written.version}), {remains.changes} earlier change(s) "
         f"and {remains.messages} other message(s) blanked"
     )
+    return 0
+
+
+async def _fhir_export(db: Database, args: argparse.Namespace) -> int:
+    async with db.acquire() as conn:
+        event = AuditEvent(CLI_GRANTER, "admin", args.patient, "fhir_export", "allowed", "cli")
+        await record(conn, [event])
+        reports = await reports_between(
+            conn, args.patient, since=args.since, until=args.until, thread_id=args.thread
+        )
+    print(json.dumps(collection(args.patient, reports, datetime.now(UTC)), indent=2))
     return 0
 
 

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     embed_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     embed_max_backoff_s: Annotated[float, Field(gt=0)] = 300.0
     embed_rest_factor: Annotated[float, Field(ge=0, le=100)] = 3.0
+    # FHIR export: the FHIR server's base URL that pain reports are sent to (unset: none
+    # are sent), its bearer token, and how the worker batches and retries.
+    fhir_webhook_url: str | None = None
+    fhir_webhook_token: SecretStr | None = None
+    fhir_export_batch: Annotated[int, Field(ge=1, le=1000)] = 100
+    fhir_export_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    fhir_export_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    fhir_export_max_backoff_s: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("database_url")
     @classmethod
@@ -157,10 +165,10 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         return _http_url(value)
 
-    @field_validator("openai_base_url", "jwks_url")
+    @field_validator("openai_base_url", "jwks_url", "fhir_webhook_url")
     @classmethod
     def _https_off_loopback(cls, value: str | None) -> str | None:
-        """Keys and prompts travel over these: plain http only to this machine."""
+        """Keys, prompts and records travel over these: plain http only to this machine."""
         value = _http_url(value)
         if value is not None and urlsplit(value).scheme == "http" and not _loopback(value):
             raise ValueError("must be https:// (http:// only to localhost)")

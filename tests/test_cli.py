@@ -91,6 +91,12 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"JWKS_MIN_REFRESH_S": "-1"}, "JWKS_MIN_REFRESH_S"),
         ({"SYNC_PAGE_BYTES": "10"}, "SYNC_PAGE_BYTES"),
         ({"SYNC_PAGE_BYTES": "4194304"}, "SYNC_PAGE_BYTES"),
+        ({"FHIR_WEBHOOK_URL": "http://fhir.example/r4"}, "FHIR_WEBHOOK_URL"),  # not https
+        ({"FHIR_WEBHOOK_URL": "ftp://fhir.example/r4"}, "FHIR_WEBHOOK_URL"),
+        ({"FHIR_EXPORT_BATCH": "0"}, "FHIR_EXPORT_BATCH"),
+        ({"FHIR_EXPORT_POLL_S": "0"}, "FHIR_EXPORT_POLL_S"),
+        ({"FHIR_EXPORT_TIMEOUT_S": "0"}, "FHIR_EXPORT_TIMEOUT_S"),
+        ({"FHIR_EXPORT_MAX_BACKOFF_S": "0"}, "FHIR_EXPORT_MAX_BACKOFF_S"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(

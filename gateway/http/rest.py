@@ -49,7 +49,7 @@ class BearerAuth:
 
     async def patient(self, request: Request, purpose: str) -> PatientIdentity | JSONResponse:
         """The patient behind `Authorization: Bearer`, or the 401/403 answer."""
-        principal = await self._principal(request)
+        principal = await self.principal(request)
         if isinstance(principal, JSONResponse) or isinstance(principal, PatientIdentity):
             return principal
         self.refused(principal, f"{request.method} {purpose}")
@@ -57,7 +57,7 @@ class BearerAuth:
 
     async def clinician(self, request: Request, purpose: str) -> ClinicianIdentity | JSONResponse:
         """The clinician behind `Authorization: Bearer`, or the 401/403 answer."""
-        principal = await self._principal(request)
+        principal = await self.principal(request)
         if isinstance(principal, JSONResponse) or isinstance(principal, ClinicianIdentity):
             return principal
         self.refused(principal, f"{request.method} {purpose}")
@@ -65,13 +65,14 @@ class BearerAuth:
 
     async def admin(self, request: Request) -> AdminIdentity | JSONResponse:
         """The admin behind `Authorization: Bearer`, or the 401/403 answer."""
-        principal = await self._principal(request)
+        principal = await self.principal(request)
         if isinstance(principal, JSONResponse) or isinstance(principal, AdminIdentity):
             return principal
         self.refused(principal, f"{request.method} admin")
         return error_response(403, "forbidden", "the admin API takes admin tokens only")
 
-    async def _principal(self, request: Request) -> Principal | JSONResponse:
+    async def principal(self, request: Request) -> Principal | JSONResponse:
+        """Whoever `Authorization: Bearer` names, or the 401 answer."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return error_response(
