@@ -66,6 +66,7 @@ async def gateways(
             "SECRET_KEY": SECRET,
             "PORT": str(port),
             "LOG_LEVEL": "WARNING",
+            "SUMMARY_AT": "off",  # no summary run competing with what is measured
             **env,
         }
         return [sys.executable, "-m", "gateway", "serve", "--no-migrate"], process_env

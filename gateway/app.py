@@ -46,7 +46,7 @@ from gateway.observe.care_team import CareTeams
 from gateway.observe.config import ObserveConfig
 from gateway.observe.routes import AdminRoutes, ClinicianRoutes
 from gateway.observe.service import ObserveService
-from gateway.providers import NO_TRANSCRIPTION, make_models
+from gateway.providers import NO_TRANSCRIPTION, Models, make_models
 from gateway.realtime import control
 from gateway.realtime.broker import Broker
 from gateway.realtime.broker.memory import MemoryBroker
@@ -58,6 +58,7 @@ from gateway.realtime.revocations import RevocationWatcher
 from gateway.realtime.router import Router
 from gateway.realtime.service import RealtimeConfig, RealtimeService
 from gateway.settings import Settings
+from gateway.summaries.job import SummaryConfig, SummaryJob
 from gateway.sync.handlers import SyncHandlers
 from gateway.sync.routes import SyncRoutes
 from gateway.sync.service import SyncService
@@ -117,6 +118,7 @@ class Services:
             writer=writer,
             models=self.models,
         )
+        self.summaries = summary_job(settings, self.db, writer, self.models)
         self.spool_dir = private_directory(settings.audio_spool_dir)
         self.audio = AudioService(
             AudioConfig.from_settings(settings),
@@ -191,12 +193,14 @@ class Services:
         self.embedding_worker.start()
         if self.fhir_exporter is not None:
             self.fhir_exporter.start()
+        self.summaries.start()
 
     async def close(self) -> None:
         await self.revocations.close()
         await self.embedding_worker.close()
         if self.fhir_exporter is not None:
             await self.fhir_exporter.close()
+        await self.summaries.close()
         await self.observe.close()
         await self.audit_log.close()
         await self.audio.close()
@@ -236,6 +240,20 @@ class Services:
         """Before shutting down: sockets are told to reconnect elsewhere, in-flight work
         (their frames' and the replies still streaming) gets DRAIN_SECONDS to end."""
         await self.realtime.drain(self.settings.drain_seconds, self.chat.in_flight())
+
+
+def summary_job(
+    settings: Settings, db: Database, writer: ChangeWriter, models: Models
+) -> SummaryJob:
+    """The summary job on these models (the extractive summary when chat is offline)."""
+    return SummaryJob(
+        SummaryConfig.from_settings(settings),
+        db=db,
+        writer=writer,
+        chat=models.chat,
+        embedder=models.embedder,
+        offline=models.chat.name == "offline",
+    )
 
 
 def create_app(settings: Settings, *, database_url: str) -> Starlette:

@@ -1,5 +1,5 @@
 """`painar-gateway` (also `python -m gateway`): serve, migrate, token, schema, care-team,
-audit, revoke, reembed, erase, fhir-export."""
+audit, revoke, reembed, erase, fhir-export, summarize."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "migrate":
             return _migrate(settings)
-        if command in ("care-team", "audit", "reembed", "revoke", "erase", "fhir-export"):
+        admin = ("care-team", "audit", "reembed", "revoke", "erase", "fhir-export", "summarize")
+        if command in admin:
             return _admin(settings, args)
         return _serve(settings, args)
     except (KeyboardInterrupt, Terminated):
@@ -136,9 +137,7 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
             _prepare(settings, dsn, apply=True)
             yield dsn
 
-    return _exit_code(
-        lambda: cli_admin.run(args, migrated, settings.db_pool_max, settings.redis_url)
-    )
+    return _exit_code(lambda: cli_admin.run(args, migrated, settings))
 
 
 def _migrate(settings: Settings) -> int:

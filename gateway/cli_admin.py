@@ -1,7 +1,7 @@
-"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke`, `reembed`, `erase` and
-`fhir-export`: care teams, the access audit trail (the admin HTTP API does the same),
-revoked subjects, the embedding queue, erasure and a patient's record as FHIR, from the
-command line."""
+"""`painar-gateway care-team grant|revoke|list`, `audit`, `revoke`, `reembed`, `erase`,
+`fhir-export` and `summarize`: care teams, the access audit trail (the admin HTTP API does
+the same), revoked subjects, the embedding queue, erasure, a patient's record as FHIR and
+thread summaries, from the command line."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from gateway.app import summary_job
 from gateway.export.fhir import collection
 from gateway.observe.care_team import CareTeams
+from gateway.providers import make_models
 from gateway.realtime.broker.memory import MemoryBroker
 from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.hub import Hub
+from gateway.settings import Settings
 from gateway.sync.writes import ChangeWriter
 from storage.audit import AuditEvent, record
 from storage.care_team import CLI_GRANTER, Grant
@@ -29,6 +32,7 @@ from storage.embedding_queue import enqueue_all
 from storage.erasure import erase_remains, live_pain_reports, live_threads
 from storage.pain_reports import reports_between
 from storage.revocations import revoke
+from storage.summaries import thread_summaries
 
 EXIT_NOT_FOUND = 3
 
@@ -66,6 +70,11 @@ def add_commands(commands: Any) -> None:
     export.add_argument("--since", type=_when, help="ISO-8601: reports recorded from then")
     export.add_argument("--until", type=_when, help="ISO-8601: reports recorded before then")
     export.add_argument("--thread", type=UUID, help="one thread's reports (a session)")
+    summarize = commands.add_parser(
+        "summarize", help="summarise every thread changed since its last summary, now"
+    )
+    summarize.add_argument("--patient", type=UUID, help="one patient's threads")
+    summarize.add_argument("--thread", type=UUID, help="one thread")
     audit = commands.add_parser("audit", help="print a patient's access audit trail")
     audit.add_argument("--patient", type=UUID, required=True, help="patient (UUID)")
     audit.add_argument("--since", type=_when, help="ISO-8601 time to start from")
@@ -73,17 +82,18 @@ def add_commands(commands: Any) -> None:
 
 
 def run(
-    args: argparse.Namespace,
-    dsn_for: Callable[[], AbstractContextManager[str]],
-    max_pool: int,
-    redis_url: str | None = None,
+    args: argparse.Namespace, dsn_for: Callable[[], AbstractContextManager[str]], settings: Settings
 ) -> int:
     with dsn_for() as dsn:
-        return asyncio.run(_run(args, dsn, max_pool, redis_url))
+        return asyncio.run(_run(args, dsn, settings))
 
 
-async def _run(args: argparse.Namespace, dsn: str, max_pool: int, redis_url: str | None) -> int:
-    db = Database(dsn, min_size=1, max_size=min(max_pool, 2))
+async def _run(args: argparse.Namespace, dsn: str, settings: Settings) -> int:
+    redis_url = settings.redis_url
+    # A summary run holds the run's connection and writes alongside: a few more.
+    db = Database(
+        dsn, min_size=1, max_size=min(settings.db_pool_max, 2 + 2 * settings.summary_concurrency)
+    )
     await db.open()
     try:
         teams = CareTeams(db)
@@ -103,6 +113,8 @@ async def _run(args: argparse.Namespace, dsn: str, max_pool: int, redis_url: str
             return await _erase(db, args.patient, redis_url)
         if args.command == "fhir-export":
             return await _fhir_export(db, args)
+        if args.command == "summarize":
+            return await _summarize(db, args, settings, redis_url)
         if args.command == "reembed":
             async with db.acquire() as conn:
                 queued = await enqueue_all(conn, args.patient)
@@ -150,14 +162,38 @@ async def _erase(db: Database, patient_id: UUID, redis_url: str | None) -> int:
     return 0
 
 
+async def _summarize(
+    db: Database, args: argparse.Namespace, settings: Settings, redis_url: str | None
+) -> int:
+    """One summary run now (published, so open devices get the summaries at once)."""
+    hub = Hub(RedisBroker(redis_url) if redis_url else MemoryBroker())
+    models = make_models(settings)
+    try:
+        job = summary_job(settings, db, ChangeWriter(db, hub), models)
+        result = await job.run(patient_id=args.patient, thread_id=args.thread)
+    finally:
+        await models.close()
+        await hub.close()
+    print(
+        f"summarised {result.summarized} thread(s); {result.failed} failed, "
+        f"{result.unchanged} unchanged"
+    )
+    return 0 if result.failed == 0 else 1
+
+
 async def _fhir_export(db: Database, args: argparse.Namespace) -> int:
     async with db.acquire() as conn:
         event = AuditEvent(CLI_GRANTER, "admin", args.patient, "fhir_export", "allowed", "cli")
         await record(conn, [event])
+        since, until, thread_id = args.since, args.until, args.thread
         reports = await reports_between(
-            conn, args.patient, since=args.since, until=args.until, thread_id=args.thread
+            conn, args.patient, since=since, until=until, thread_id=thread_id
         )
-    print(json.dumps(collection(args.patient, reports, datetime.now(UTC)), indent=2))
+        summaries = await thread_summaries(
+            conn, args.patient, since=since, until=until, thread_id=thread_id
+        )
+    bundle = collection(args.patient, reports, datetime.now(UTC), summaries)
+    print(json.dumps(bundle, indent=2))
     return 0
 
 

@@ -8,9 +8,11 @@ never echoed, since several are secrets.
 
 from __future__ import annotations
 
+from datetime import time as clock
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -122,6 +124,13 @@ class Settings(BaseSettings):
     embed_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     embed_max_backoff_s: Annotated[float, Field(gt=0)] = 300.0
     embed_rest_factor: Annotated[float, Field(ge=0, le=100)] = 3.0
+    # Thread summaries: the daily run's local time (HH:MM; "off": on demand only), its time
+    # zone, and what one run may spend.
+    summary_at: str | None = "03:00"
+    summary_timezone: str = "UTC"
+    summary_concurrency: Annotated[int, Field(ge=1, le=32)] = 2
+    summary_max_threads: Annotated[int, Field(ge=1)] = 1000
+    summary_max_chars: Annotated[int, Field(ge=100, le=4000)] = 600
     # FHIR export: the FHIR server's base URL that pain reports are sent to (unset: none
     # are sent), its bearer token, and how the worker batches and retries.
     fhir_webhook_url: str | None = None
@@ -143,6 +152,30 @@ class Settings(BaseSettings):
         if base not in ("postgres", "postgresql"):
             raise ValueError("must be a postgresql:// URI")
         return "postgresql" + value[len(scheme) :]
+
+    @field_validator("summary_at")
+    @classmethod
+    def _clock_time(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off"):
+            return None
+        try:
+            clock.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError("must be a time of day such as 03:00, or off") from None
+        return value.strip()
+
+    @field_validator("summary_timezone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Europe/Lisbon") from None
+        return value
+
+    @property
+    def summary_time(self) -> clock | None:
+        return clock.fromisoformat(self.summary_at) if self.summary_at else None
 
     @field_validator("redis_url")
     @classmethod

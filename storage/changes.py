@@ -62,11 +62,20 @@ class PainReportData:
 
 
 @dataclass(frozen=True)
+class ThreadSummaryData:
+    """The summary job's write to a thread: its summary, of the patient's change log at
+    `summarized_version` (a thread's summary only moves forward; the title stays)."""
+
+    summary: str
+    summarized_version: int
+
+
+@dataclass(frozen=True)
 class Mutation:
     entity: Entity
     op: Op
     id: UUID
-    data: ThreadData | MessageData | PainReportData | None = None
+    data: ThreadData | ThreadSummaryData | MessageData | PainReportData | None = None
     # With the writer's device id, the idempotency key. None for server-side writes.
     mutation_id: str | None = None
 
@@ -182,6 +191,8 @@ def _payload_data(m: Mutation) -> dict[str, Any] | None | Rejected:
     if m.op == "delete":
         return None
     if m.entity == "thread":
+        if isinstance(m.data, ThreadSummaryData):
+            return {"summary": m.data.summary, "summarized_version": m.data.summarized_version}
         if not isinstance(m.data, ThreadData):
             return Rejected(ErrorCode.INVALID, "data: a thread upsert needs thread data")
         return {"title": m.data.title}

@@ -55,8 +55,8 @@ async def erase_remains(conn: Connection, patient_id: UUID) -> Erased:
             patient_id,
         )
         threads = await conn.execute(
-            "UPDATE threads SET deleted = true, title = '' "
-            "WHERE patient_id = $1 AND (NOT deleted OR title <> '')",
+            "UPDATE threads SET deleted = true, title = '', summary = NULL "
+            "WHERE patient_id = $1 AND (NOT deleted OR title <> '' OR summary IS NOT NULL)",
             patient_id,
         )
         changes = await conn.execute(
@@ -70,6 +70,7 @@ async def erase_remains(conn: Connection, patient_id: UUID) -> Erased:
             patient_id,
         )
         memories = await conn.execute("DELETE FROM memories WHERE patient_id = $1", patient_id)
+        await conn.execute("DELETE FROM summary_memories WHERE patient_id = $1", patient_id)
         await memory_graphs.drop(conn, patient_id)
         await conn.execute("DELETE FROM embedding_queue WHERE patient_id = $1", patient_id)
         await conn.execute("DELETE FROM reply_leases WHERE patient_id = $1", patient_id)

@@ -38,6 +38,7 @@ def make_settings(**overrides: Any) -> Settings:
         "debug": False,
         "secret_key": TEST_SECRET,
         "vector_dim": 1536,
+        "summary_at": None,  # no summary run at start-up; the summary tests ask for one
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -138,6 +139,7 @@ SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 
 def gateway_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env["SUMMARY_AT"] = "off"  # as make_settings: a test that wants a summary run says so
     env.update(values)
     return env
 

@@ -94,6 +94,12 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"FHIR_WEBHOOK_URL": "http://fhir.example/r4"}, "FHIR_WEBHOOK_URL"),  # not https
         ({"FHIR_WEBHOOK_URL": "ftp://fhir.example/r4"}, "FHIR_WEBHOOK_URL"),
         ({"FHIR_EXPORT_BATCH": "0"}, "FHIR_EXPORT_BATCH"),
+        ({"SUMMARY_AT": "25:00"}, "SUMMARY_AT"),
+        ({"SUMMARY_AT": "nightly"}, "SUMMARY_AT"),
+        ({"SUMMARY_TIMEZONE": "Mars/Olympus"}, "SUMMARY_TIMEZONE"),
+        ({"SUMMARY_CONCURRENCY": "0"}, "SUMMARY_CONCURRENCY"),
+        ({"SUMMARY_MAX_THREADS": "0"}, "SUMMARY_MAX_THREADS"),
+        ({"SUMMARY_MAX_CHARS": "50"}, "SUMMARY_MAX_CHARS"),
         ({"FHIR_EXPORT_POLL_S": "0"}, "FHIR_EXPORT_POLL_S"),
         ({"FHIR_EXPORT_TIMEOUT_S": "0"}, "FHIR_EXPORT_TIMEOUT_S"),
         ({"FHIR_EXPORT_MAX_BACKOFF_S": "0"}, "FHIR_EXPORT_MAX_BACKOFF_S"),

@@ -7,6 +7,7 @@ validated with the `fhir.resources` models (R4B, the R4 line of fhir.resources 7
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from tests.support import (
     serve_gateway,
 )
 from tests.test_pain_reports import delete, pain_report
-from tests.test_sync import push, thread
+from tests.test_sync import message, push, thread
 from tests.wsclient import clinician_token, patient_token, session
 
 LOINC = {"system": "http://loinc.org", "code": "72514-3"}
@@ -92,6 +93,8 @@ async def test_the_patient_and_their_care_team_read_the_record_as_a_fhir_bundle(
     await grant(db, clinician, patient, granted_by=uuid.uuid4())
     async with session(gateway.ws_url, patient_token(patient)) as (ws, _):
         ids = await reports_of(ws, t)
+        await push(ws, "m", message("m", t, "My lower back hurts when I sit."))
+    assert (await gateway.services.summaries.run(patient_id=patient)).summarized == 1
     url = f"/v1/patients/{patient}/fhir"
     week_ago = (datetime.now(UTC) - timedelta(days=7)).isoformat()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
@@ -122,6 +125,12 @@ async def test_the_patient_and_their_care_team_read_the_record_as_a_fhir_bundle(
             url, params={"thread_id": str(t)}, headers=bearer(patient_token(patient))
         )
         assert set(observations(threaded.json())) == {str(ids["yesterday"])}
+        [summary] = [
+            r for r in validated(threaded.json()) if r["resourceType"] == "DocumentReference"
+        ]
+        assert summary["id"] == str(t) and summary["subject"] == {"reference": f"Patient/{patient}"}
+        text = base64.b64decode(summary["content"][0]["attachment"]["data"]).decode()
+        assert text == "The patient said: My lower back hurts when I sit."
 
         # A clinician on the care team reads it, and the trail says so.
         read = await http.get(url, headers=bearer(clinician_token(clinician)))

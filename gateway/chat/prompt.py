@@ -1,7 +1,7 @@
 """The prompt for one reply: who the assistant is, the patient's recent pain reports
-(dated), what the patient said before that is relevant (with dates), the recent turns of
-the thread within a budget, and the message, with the body-map region when the patient
-marked one. Pure: no I/O."""
+(dated), summaries of earlier conversations and what the patient said before that are
+relevant (with dates), the recent turns of the thread within a budget, and the message,
+with the body-map region when the patient marked one. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import datetime
 
 from storage.memories import Memory
 from storage.pain_reports import PainReport
+from storage.summaries import SummaryMemory
 
 SYSTEM_PROMPT = """\
 You are PainAR, a supportive companion for people living with pain, speaking with a
@@ -45,6 +46,7 @@ def build_messages(
     recent: Sequence[Turn] = (),
     svg_path: str | None = None,
     pain_reports: Sequence[PainReport] = (),
+    summaries: Sequence[SummaryMemory] = (),
     today: datetime | None = None,
     budget_tokens: int = 3000,
 ) -> list[dict[str, str]]:
@@ -57,6 +59,18 @@ def build_messages(
         if today is not None:
             heading += f"; today is {_date(today)} (UTC)"
         messages.append({"role": "system", "content": heading + ":\n" + "\n".join(lines)})
+    if summaries:
+        lines = [
+            f"- ({_date(s.summarized_at)}) {s.content}" if s.summarized_at else f"- {s.content}"
+            for s in summaries
+        ]
+        messages.append(
+            {
+                "role": "system",
+                "content": "Summaries of the patient's earlier conversations that may be "
+                "relevant:\n" + "\n".join(lines),
+            }
+        )
     if memories:
         lines = [f"- ({_date(m.created_at)}) {m.content}" for m in memories]
         messages.append(

@@ -27,6 +27,7 @@ from storage.database import Connection, Database, DatabaseUnavailable
 from storage.memories import nearest_memories, store_memory
 from storage.pain_reports import recent_pain_reports
 from storage.replies import recent_turns, release_reply, renew_reply
+from storage.summaries import nearest_summaries
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ RECENT_TURNS = 20
 # The pain reports in a prompt: enough to see a trend over the last weeks.
 PAIN_REPORTS = 10
 PAIN_REPORTS_WITHIN = timedelta(days=30)
+SUMMARIES = 2  # summaries of the patient's other threads nearest to the message
 ECHO_WAIT_S = 0.05  # at most, for the last delta to come back from the broker
 # A streamed reply whose database went away (a restart, a failover) is stored once it is
 # back, trying for this long: its text exists only here. The lease is renewed meanwhile.
@@ -149,6 +151,7 @@ class ReplyRun:
             )
         vector = await reply.embedding
         memories = []
+        summaries = []
         if vector is not None and config.retrieval_k > 0:
             started = time.perf_counter()
             with tracing.span("chat.retrieve") as span:
@@ -162,6 +165,10 @@ class ReplyRun:
                         # What is already in the prompt as a recent turn is not a memory.
                         exclude=[reply.message_id, *(turn.id for turn in recent)],
                     )
+                    # Earlier conversations as their summaries say them (sql/0012).
+                    summaries = await nearest_summaries(
+                        conn, request.patient_id, vector, k=SUMMARIES, exclude=request.thread_id
+                    )
                 span.set(memories=len(memories))
             RETRIEVAL_LATENCY.observe(time.perf_counter() - started)
         messages = build_messages(
@@ -170,6 +177,7 @@ class ReplyRun:
             recent=[Turn(turn.role, turn.content) for turn in recent],
             svg_path=request.svg_path,
             pain_reports=reports,
+            summaries=summaries,
             today=now,
             budget_tokens=config.history_tokens,
         )

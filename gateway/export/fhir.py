@@ -2,20 +2,24 @@
 
 A pain report is an `Observation` coded LOINC 72514-3 (the 0-10 numeric rating scale),
 its value an integer, its time the moment the patient rated it, its body site the region
-label, its notes the quality words and the patient's own note. The patient is a `Patient`
-that carries nothing but the gateway's id for them (an identifier), so that references
-resolve on a server that knows nothing else of them. Resource ids are the gateway's own
-UUIDs: sending the same report again replaces it, never duplicates it.
+label, its notes the quality words and the patient's own note. A conversation's summary
+is a `DocumentReference` (its id the thread's) with the text as an attachment. The
+patient is a `Patient` that carries nothing but the gateway's id for them (an
+identifier), so that references resolve on a server that knows nothing else of them.
+Resource ids are the gateway's own UUIDs: sending the same report again replaces it,
+never duplicates it.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from storage.pain_reports import PainReport
+from storage.summaries import ThreadSummary
 
 FHIR_JSON = "application/fhir+json"
 PATIENT_SYSTEM = "urn:painar:patient"  # the identifier system of the gateway's patient ids
@@ -66,9 +70,41 @@ def observation(report: PainReport, patient_id: UUID) -> dict[str, Any]:
     return resource
 
 
-def collection(patient_id: UUID, reports: Sequence[PainReport], now: datetime) -> dict[str, Any]:
-    """A session of the patient (their reports in a time span or a thread) as a Bundle."""
-    resources = [patient(patient_id), *(observation(r, patient_id) for r in reports)]
+def document(summary: ThreadSummary, patient_id: UUID) -> dict[str, Any]:
+    """A thread's summary as a DocumentReference (the text as a plain-text attachment)."""
+    return {
+        "resourceType": "DocumentReference",
+        "id": str(summary.thread_id),
+        "status": "current",
+        "type": {"text": "Conversation summary"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": _instant(summary.summarized_at),
+        "description": summary.title or "Conversation",
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain; charset=utf-8",
+                    "data": base64.b64encode(summary.summary.encode()).decode(),
+                    "title": "Summary",
+                }
+            }
+        ],
+    }
+
+
+def collection(
+    patient_id: UUID,
+    reports: Sequence[PainReport],
+    now: datetime,
+    summaries: Sequence[ThreadSummary] = (),
+) -> dict[str, Any]:
+    """A session of the patient (their reports in a time span or a thread, and the
+    summaries of its conversations) as a Bundle."""
+    resources = [
+        patient(patient_id),
+        *(observation(r, patient_id) for r in reports),
+        *(document(s, patient_id) for s in summaries),
+    ]
     return {
         "resourceType": "Bundle",
         "type": "collection",

@@ -25,6 +25,7 @@ from storage.audit import AuditEvent
 from storage.care_team import in_force
 from storage.database import Database
 from storage.pain_reports import reports_between
+from storage.summaries import thread_summaries
 
 RecordAccess = Callable[[Sequence[AuditEvent]], Awaitable[None]]
 
@@ -65,15 +66,15 @@ class FhirRoutes:
             event = AuditEvent(principal.sub, "clinician", patient_id, "fhir_export", "allowed")
             await self.record_access([event])
         async with self.db.acquire() as conn:
+            since, until, thread_id = query.since, query.until, query.thread_id
             reports = await reports_between(
-                conn,
-                patient_id,
-                since=query.since,
-                until=query.until,
-                thread_id=query.thread_id,
+                conn, patient_id, since=since, until=until, thread_id=thread_id
+            )
+            summaries = await thread_summaries(
+                conn, patient_id, since=since, until=until, thread_id=thread_id
             )
         FHIR_READS.labels(principal.role).inc()
-        body = collection(patient_id, reports, datetime.now(UTC))
+        body = collection(patient_id, reports, datetime.now(UTC), summaries)
         return Response(orjson.dumps(body), media_type=FHIR_JSON)
 
     async def _refusal(self, principal: Principal, patient_id: UUID) -> str | None:

@@ -88,7 +88,7 @@ class ChangeWriter:
 
 # Times inside a change's data, stored as PostgreSQL renders them in JSON ("+00:00"); on
 # the wire they are datetimes like every other time of the protocol ("Z").
-_DATA_TIMES = ("created_at", "updated_at", "onset_at", "recorded_at")
+_DATA_TIMES = ("created_at", "updated_at", "onset_at", "recorded_at", "summarized_at")
 
 
 def wire_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
