@@ -22,6 +22,9 @@ DEV_SECRET_KEY = "painar-development-secret-not-for-production"
 DEV_TOKEN = "dev-token"
 
 
+Capability = Literal["chat", "embedding", "transcription"]
+
+
 class SettingsError(ValueError):
     """A configuration value is wrong; str() is one line naming the variable."""
 
@@ -35,6 +38,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
+    # Per capability, when they are served apart (local servers: llama.cpp for chat, an
+    # embedding server, faster-whisper-server); each falls back to OPENAI_BASE_URL.
+    chat_base_url: str | None = None
+    embedding_base_url: str | None = None
+    transcription_base_url: str | None = None
     model_name: str = "gpt-4o-mini"
     embedding_model: str = "text-embedding-3-small"
     transcription_model: str = "whisper-1"
@@ -198,7 +206,14 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         return _http_url(value)
 
-    @field_validator("openai_base_url", "jwks_url", "fhir_webhook_url")
+    @field_validator(
+        "openai_base_url",
+        "chat_base_url",
+        "embedding_base_url",
+        "transcription_base_url",
+        "jwks_url",
+        "fhir_webhook_url",
+    )
     @classmethod
     def _https_off_loopback(cls, value: str | None) -> str | None:
         """Keys, prompts and records travel over these: plain http only to this machine."""
@@ -237,9 +252,10 @@ class Settings(BaseSettings):
                     "DEBUG: on a non-loopback HOST set SECRET_KEY and DEV_TOKEN explicitly "
                     "(the development defaults are published)"
                 )
-        if self.transcription_provider == "openai" and self.offline_models:
+        if self.transcription_provider == "openai" and not self.over_http("transcription"):
             raise SettingsError(
-                "TRANSCRIPTION_PROVIDER: openai needs OPENAI_API_KEY or OPENAI_BASE_URL"
+                "TRANSCRIPTION_PROVIDER: openai needs OPENAI_API_KEY, OPENAI_BASE_URL or "
+                "TRANSCRIPTION_BASE_URL"
             )
         return self
 
@@ -250,7 +266,20 @@ class Settings(BaseSettings):
     @property
     def offline_models(self) -> bool:
         """No model server configured: the offline providers answer."""
-        return self.openai_api_key is None and self.openai_base_url is None
+        return not any(self.over_http(c) for c in ("chat", "embedding", "transcription"))
+
+    def base_url(self, capability: Capability) -> str | None:
+        """Where this capability's OpenAI-compatible server is (None: OpenAI itself)."""
+        specific = {
+            "chat": self.chat_base_url,
+            "embedding": self.embedding_base_url,
+            "transcription": self.transcription_base_url,
+        }[capability]
+        return specific or self.openai_base_url
+
+    def over_http(self, capability: Capability) -> bool:
+        """Whether a model server answers this capability (else the offline one does)."""
+        return self.openai_api_key is not None or self.base_url(capability) is not None
 
 
 def _http_url(value: str | None) -> str | None:

@@ -42,6 +42,12 @@ class Behaviour:
     transcript: str = "My knee hurts when I climb the stairs."
     transcription_delay_s: float = 0.0
     uploads: list[dict[str, object]] = field(default_factory=list)
+    # Dialects of the servers people run locally (llama.cpp, Ollama, vLLM, TGI): the
+    # finish reason sent (None: none at all, only `[DONE]`), whether a usage chunk comes,
+    # and whether `dimensions` in an embeddings request is refused (400).
+    finish_reason: str | None = "stop"
+    send_usage: bool = True
+    refuse_dimensions: bool = False
     # Benchmarks: each token is the time it was sent ("<unix time> "), and the first one
     # starts with the time the request arrived ("R<unix time> ").
     stamp: bool = False
@@ -94,14 +100,16 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
             except (asyncio.CancelledError, GeneratorExit):
                 behaviour.aborted += 1
                 raise
-            done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            yield b"data: " + orjson.dumps(done) + b"\n\n"
-            usage = {
-                "prompt_tokens": 11,
-                "completion_tokens": len(behaviour.tokens),
-                "total_tokens": 11 + len(behaviour.tokens),
-            }
-            yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+            if behaviour.finish_reason is not None:
+                finish = {"index": 0, "delta": {}, "finish_reason": behaviour.finish_reason}
+                yield b"data: " + orjson.dumps({**base, "choices": [finish]}) + b"\n\n"
+            if behaviour.send_usage:
+                usage = {
+                    "prompt_tokens": 11,
+                    "completion_tokens": len(behaviour.tokens),
+                    "total_tokens": 11 + len(behaviour.tokens),
+                }
+                yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -113,6 +121,9 @@ def fake_openai_app(behaviour: Behaviour) -> Starlette:
             status = behaviour.embedding_fail_with.pop(0)
             return JSONResponse({"error": {"message": "fake failure"}}, status)
         await asyncio.sleep(behaviour.embedding_delay_s)
+        if behaviour.refuse_dimensions and "dimensions" in body:
+            error = {"message": "unknown parameter: dimensions", "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, 400)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         behaviour.embedded.extend(inputs)
         dim = int(body.get("dimensions") or 1536)

@@ -1,15 +1,19 @@
 """Model providers: chat, embeddings and transcription, over the OpenAI HTTP API or offline.
 
-Which ones run is decided once, from the settings: with OPENAI_API_KEY or OPENAI_BASE_URL
-the OpenAI-compatible ones, otherwise the offline ones (and `session.ready` says so).
-Transcription follows TRANSCRIPTION_PROVIDER (unset: OpenAI-compatible when a key or base
-URL is set, else local when the local-asr extra is installed, else none).
+Which ones run is decided once, from the settings, capability by capability: with
+OPENAI_API_KEY, or a base URL for it (CHAT_BASE_URL, EMBEDDING_BASE_URL,
+TRANSCRIPTION_BASE_URL, each falling back to OPENAI_BASE_URL), an OpenAI-compatible server
+(one client per server); otherwise the offline one (and `session.ready` says so).
+Transcription follows TRANSCRIPTION_PROVIDER (unset: OpenAI-compatible when a server is
+set for it, else local when the local-asr extra is installed, else none).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from openai import AsyncOpenAI
 
 from gateway.providers import local_whisper
 from gateway.providers.base import ChatProvider, Embedder, Transcriber
@@ -20,7 +24,7 @@ from gateway.providers.openai_compat import (
     OpenAITranscriber,
     make_client,
 )
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Capability, Settings, SettingsError
 from protocol.frames import Providers
 
 
@@ -50,39 +54,52 @@ class Models:
 def make_models(settings: Settings) -> Models:
     provider = settings.transcription_provider
     if provider is None:
-        if not settings.offline_models:
+        if settings.over_http("transcription"):
             provider = "openai"
         elif local_whisper.available():
             provider = "local"
         else:
             provider = "none"
-    local: Transcriber | None = None
+    transcriber: Transcriber | None = None
     if provider == "local":
         if not local_whisper.available():
             raise SettingsError(
                 f"TRANSCRIPTION_PROVIDER: local needs the local-asr extra; {INSTALL}"
             )
-        local = local_whisper.LocalWhisper(
+        transcriber = local_whisper.LocalWhisper(
             cpu_threads=settings.transcription_cpu_threads,
             workers=settings.transcription_concurrency,
         )
-    if settings.offline_models and provider != "openai":
-        return Models(OfflineChat(), OfflineEmbedder(settings.vector_dim), local)
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    client = make_client(
-        key,
-        settings.openai_base_url,
-        connect_s=settings.chat_connect_timeout_s,
-        # Reads are bounded by the chat pipeline's own token timeouts; this is a backstop.
-        read_s=max(settings.chat_first_token_timeout_s, settings.chat_idle_timeout_s) + 5,
+    clients: dict[str | None, AsyncOpenAI] = {}  # one per server, shared by what it serves
+
+    def client(capability: Capability) -> AsyncOpenAI:
+        url = settings.base_url(capability)
+        if url not in clients:
+            clients[url] = make_client(
+                key,
+                url,
+                connect_s=settings.chat_connect_timeout_s,
+                # Reads are bounded by the chat pipeline's own token timeouts; a backstop.
+                read_s=max(settings.chat_first_token_timeout_s, settings.chat_idle_timeout_s) + 5,
+            )
+        return clients[url]
+
+    chat: ChatProvider = (
+        OpenAIChat(client("chat"), settings.model_name)
+        if settings.over_http("chat")
+        else OfflineChat()
     )
-    if settings.offline_models:  # transcription over HTTP, the rest offline
-        chat: ChatProvider = OfflineChat()
-        embedder: Embedder = OfflineEmbedder(settings.vector_dim)
-    else:
-        chat = OpenAIChat(client, settings.model_name)
-        embedder = OpenAIEmbedder(client, settings.embedding_model, settings.vector_dim)
-    transcriber = local
+    embedder: Embedder = (
+        OpenAIEmbedder(client("embedding"), settings.embedding_model, settings.vector_dim)
+        if settings.over_http("embedding")
+        else OfflineEmbedder(settings.vector_dim)
+    )
     if provider == "openai":
-        transcriber = OpenAITranscriber(client, settings.transcription_model)
-    return Models(chat, embedder, transcriber, client.close)
+        transcriber = OpenAITranscriber(client("transcription"), settings.transcription_model)
+
+    async def close() -> None:
+        for each in clients.values():
+            await each.close()
+
+    return Models(chat, embedder, transcriber, close)

@@ -148,6 +148,7 @@ class OpenAIChat:
             stream=True,
             stream_options={"include_usage": True},
         )
+        finished = False
         try:
             async with request as response:  # closes the response, also on an early stop
                 async for line in response.iter_lines():
@@ -155,8 +156,13 @@ class OpenAIChat:
                         continue  # blank lines, comments, event names
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        if not finished:
+                            # Servers that name no finish reason end with [DONE] alone: a
+                            # complete stream all the same (a cut one never gets here).
+                            yield ChatChunk(finish_reason="stop")
                         return
                     for chunk in _chunks(data):
+                        finished = finished or chunk.finish_reason is not None
                         yield chunk
         except UpstreamFailure:
             raise
