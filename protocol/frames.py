@@ -246,10 +246,10 @@ def each_once(value: list[str]) -> list[str]:
     return value
 
 
-class PainReportFields(ClientPart):
-    """How much it hurts (the 0-10 numeric rating scale) and where, when, and how."""
+class PainReportDetails(ClientText):
+    """Where, when and how it hurts: a pain report's fields besides its intensity (shared
+    with the original REST route's flat items)."""
 
-    intensity: Intensity
     svg_path: SvgPath | None = None
     region: Region | None = None
     qualities: Annotated[Qualities, AfterValidator(each_once)] = []
@@ -257,6 +257,12 @@ class PainReportFields(ClientPart):
     onset_at: ClientTime | None = None
     recorded_at: ClientTime | None = None
     thread_id: UUID | None = None
+
+
+class PainReportFields(ClientPart, PainReportDetails):
+    """How much it hurts (the 0-10 numeric rating scale) and where, when, and how."""
+
+    intensity: Intensity
 
 
 class SyncPush(ClientFrame):

@@ -19,6 +19,7 @@ import orjson
 
 from gateway.export.fhir import FHIR_JSON, transaction
 from gateway.export.metrics import FHIR_FAILURES, FHIR_QUEUE_DEPTH, FHIR_SECONDS, FHIR_SENT
+from gateway.ops.polling import Every, poll_forever
 from gateway.settings import Settings
 from storage.database import Database
 from storage.fhir_outbox import Due, back_off, claim, depth, sent
@@ -61,10 +62,13 @@ class FhirExporter:
             headers["Authorization"] = f"Bearer {config.token}"
         self.http = httpx.AsyncClient(headers=headers, timeout=config.timeout_s)
         self._task: asyncio.Task[None] | None = None
-        self._depth_at = 0.0
+        self._depth_due = Every(DEPTH_EVERY_S)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._work())
+        work = poll_forever(
+            self._step, batch=self.config.batch, poll_s=self.config.poll_s, what="FHIR export"
+        )
+        self._task = asyncio.create_task(work)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -112,20 +116,9 @@ class FhirExporter:
         attempts = max(d.attempts for d in due)
         return float(min(self.config.max_backoff_s, 2.0 ** min(attempts, 16)))
 
-    async def _work(self) -> None:
-        while True:
-            try:
-                taken = await self.run_once()
-                await self._report_depth()
-            except Exception as exc:  # the database is unreachable: try again shortly
-                log.warning("the FHIR export worker failed: %s", type(exc).__name__)
-                taken = 0
-            if taken < self.config.batch:
-                await asyncio.sleep(self.config.poll_s)
-
-    async def _report_depth(self) -> None:
-        now = time.monotonic()
-        if now - self._depth_at >= DEPTH_EVERY_S:
-            self._depth_at = now
+    async def _step(self) -> int:
+        taken = await self.run_once()
+        if self._depth_due.due():
             async with self.db.acquire() as conn:
                 FHIR_QUEUE_DEPTH.set(await depth(conn))
+        return taken

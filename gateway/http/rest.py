@@ -23,6 +23,7 @@ from gateway.auth import (
 from protocol.codec import describe
 
 Body = TypeVar("Body", bound=BaseModel)
+Role = TypeVar("Role", PatientIdentity, ClinicianIdentity, AdminIdentity)
 
 
 def error_response(
@@ -49,27 +50,26 @@ class BearerAuth:
 
     async def patient(self, request: Request, purpose: str) -> PatientIdentity | JSONResponse:
         """The patient behind `Authorization: Bearer`, or the 401/403 answer."""
-        principal = await self.principal(request)
-        if isinstance(principal, JSONResponse) or isinstance(principal, PatientIdentity):
-            return principal
-        self.refused(principal, f"{request.method} {purpose}")
-        return error_response(403, "forbidden", f"{purpose} is for patients")
+        return await self._one_of(request, PatientIdentity, purpose, f"{purpose} is for patients")
 
     async def clinician(self, request: Request, purpose: str) -> ClinicianIdentity | JSONResponse:
         """The clinician behind `Authorization: Bearer`, or the 401/403 answer."""
-        principal = await self.principal(request)
-        if isinstance(principal, JSONResponse) or isinstance(principal, ClinicianIdentity):
-            return principal
-        self.refused(principal, f"{request.method} {purpose}")
-        return error_response(403, "forbidden", f"{purpose} is for clinicians")
+        refusal = f"{purpose} is for clinicians"
+        return await self._one_of(request, ClinicianIdentity, purpose, refusal)
 
     async def admin(self, request: Request) -> AdminIdentity | JSONResponse:
         """The admin behind `Authorization: Bearer`, or the 401/403 answer."""
+        refusal = "the admin API takes admin tokens only"
+        return await self._one_of(request, AdminIdentity, "admin", refusal)
+
+    async def _one_of(
+        self, request: Request, role: type[Role], purpose: str, refusal: str
+    ) -> Role | JSONResponse:
         principal = await self.principal(request)
-        if isinstance(principal, JSONResponse) or isinstance(principal, AdminIdentity):
+        if isinstance(principal, JSONResponse) or isinstance(principal, role):
             return principal
-        self.refused(principal, f"{request.method} admin")
-        return error_response(403, "forbidden", "the admin API takes admin tokens only")
+        self.refused(principal, f"{request.method} {purpose}")
+        return error_response(403, "forbidden", refusal)
 
     async def principal(self, request: Request) -> Principal | JSONResponse:
         """Whoever `Authorization: Bearer` names, or the 401 answer."""

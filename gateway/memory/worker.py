@@ -28,6 +28,7 @@ from gateway.memory.metrics import (
     EMBEDDING_FAILURES,
     EMBEDDING_QUEUE_DEPTH,
 )
+from gateway.ops.polling import Every, poll_forever
 from gateway.providers.base import Embedder
 from gateway.settings import Settings
 from storage.database import Database
@@ -74,11 +75,14 @@ class EmbeddingWorker:
         self.db = db
         self.embedder = embedder
         self._task: asyncio.Task[None] | None = None
-        self._depth_at = 0.0
-        self._swept_at: float | None = None
+        self._depth_due = Every(DEPTH_EVERY_S)
+        self._sweep_due = Every(GRAPH_SWEEP_S)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._work())
+        work = poll_forever(
+            self._step, batch=self.config.batch, poll_s=self.config.poll_s, what="embedding"
+        )
+        self._task = asyncio.create_task(work)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -134,27 +138,14 @@ class EmbeddingWorker:
                 log.info("a memory graph waits for an old transaction to end")
         return promoted
 
-    async def _work(self) -> None:
-        while True:
-            try:
-                taken = await self.run_once()
-                await self._report_depth()
-                await self._sweep()
-            except Exception as exc:  # the database is unreachable: try again shortly
-                log.warning("the embedding worker failed: %s", type(exc).__name__)
-                taken = 0
-            if taken < self.config.batch:
-                await asyncio.sleep(self.config.poll_s)
-
-    async def _sweep(self) -> None:
-        now = time.monotonic()
-        if self._swept_at is None or now - self._swept_at >= GRAPH_SWEEP_S:
-            self._swept_at = now
-            await self.promote_due()
-
-    async def _report_depth(self) -> None:
-        now = time.monotonic()
-        if now - self._depth_at >= DEPTH_EVERY_S:
-            self._depth_at = now
+    async def _step(self) -> int:
+        taken = await self.run_once()
+        if self._depth_due.due():
             async with self.db.acquire() as conn:
                 EMBEDDING_QUEUE_DEPTH.set(await depth(conn))
+        await self._sweep()
+        return taken
+
+    async def _sweep(self) -> None:
+        if self._sweep_due.due():
+            await self.promote_due()

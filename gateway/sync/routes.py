@@ -20,7 +20,6 @@ from uuid import UUID
 
 import orjson
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -43,11 +42,8 @@ from protocol.frames import (
     ClientText,
     ClientTime,
     Intensity,
-    Note,
-    Qualities,
-    Region,
+    PainReportDetails,
     SvgPath,
-    each_once,
 )
 
 Operation = Literal["insert", "update", "delete"]
@@ -77,17 +73,10 @@ class LegacyMessage(LegacyItem):
         return None if value == "" else value  # how the original clients said "none"
 
 
-class LegacyPainReport(LegacyItem):
+class LegacyPainReport(LegacyItem, PainReportDetails):
     # In the same flat style; `intensity` is required for insert and update (the mutation
     # is rejected naming it otherwise), not for delete.
     intensity: Intensity | None = None
-    svg_path: SvgPath | None = None
-    region: Region | None = None
-    qualities: Annotated[Qualities, AfterValidator(each_once)] = []
-    note: Note | None = None
-    onset_at: ClientTime | None = None
-    recorded_at: ClientTime | None = None
-    thread_id: UUID | None = None
 
 
 class LegacySync(ClientText):
