@@ -4,6 +4,7 @@ processes on loopback, all started here and stopped on the way out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -114,7 +115,8 @@ async def _servers(
         yield [(process.pid, port) for process, port in processes]
     finally:
         for process, _ in processes:
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):  # one a benchmark stopped itself
+                process.terminate()
         for process, _ in processes:
             await process.wait()
 

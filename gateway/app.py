@@ -5,6 +5,7 @@ start-up and shut-down (docs/architecture.md draws the result)."""
 from __future__ import annotations
 
 import gc
+import logging
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -64,7 +65,11 @@ from gateway.sync.routes import SyncRoutes
 from gateway.sync.service import SyncService
 from gateway.sync.writes import ChangeWriter
 from protocol.codec import ProtocolError
+from protocol.frames import ChatResume
 from storage.database import Database, DatabaseUnavailable, PoolExhausted
+from storage.replies import ready_state
+
+log = logging.getLogger(__name__)
 
 
 class Services:
@@ -156,7 +161,7 @@ class Services:
             router=self.router,
             providers=self.models.providers,
             sync_version=self.sync.version,
-            resumes=self.chat.resumes.ask,
+            ready_state=self._ready_state,
         )
         self.revocations = RevocationWatcher(
             self.db, self.authenticator.revoked, self.realtime, settings.revocation_check_s
@@ -230,6 +235,18 @@ class Services:
         )
         outcome = await self.chat.accept(request, ack=lambda _: None, notify=notify)
         return outcome if isinstance(outcome, ProtocolError) else None
+
+    async def _ready_state(self, patient_id: UUID) -> tuple[int, list[ChatResume]]:
+        """A socket's session.ready: the sync version and the streaming replies in one
+        round trip, then the replies' text so far (realtime -> sync, chat)."""
+        async with self.db.acquire() as conn:
+            version, streaming = await ready_state(conn, patient_id)
+        try:
+            resumes = await self.chat.resumes.collect(patient_id, streaming)
+        except Exception as exc:  # the replies still reach the device through sync
+            log.warning("resuming replies failed: %s", type(exc).__name__)
+            resumes = []
+        return version, resumes
 
     async def _pull(self, patient_id: UUID, since: int, limit: int) -> tuple[int, list[Any], bool]:
         """sync.pull for observers (sync -> observe)."""

@@ -95,6 +95,15 @@ class RevokedSubjects:
         return issued_at is None or issued_at <= math.floor(before)
 
 
+# Tokens already verified, kept so that a reconnect (the same token, a storm of them after
+# a drain) costs a lookup, not a signature check. Bounded in count; an entry lasts until
+# its token's exp or VERIFIED_FOR_S, whichever is sooner; revocations are checked on every
+# hit. Only HS256 tokens: a JWKS-signed token must stop counting as soon as its key is
+# withdrawn from the JWKS (within JWKS_CACHE_S), which a lookup here would not notice.
+VERIFIED_MAX = 10_000
+VERIFIED_FOR_S = 300.0
+
+
 class Authenticator:
     def __init__(
         self,
@@ -115,10 +124,26 @@ class Authenticator:
         self.revoked = revoked or RevokedSubjects()
         # One key source at a time: with a JWKS, SECRET_KEY signs no tokens unless allowed.
         self._hs256 = allow_hs256 or self._jwks is None
+        self._verified: dict[str, tuple[Identity, float]] = {}  # token -> (holder, until)
 
     async def verify(self, token: str) -> Principal:
         if self._dev_token is not None and token == self._dev_token:
             return PatientIdentity(DEV_PATIENT_ID, DEV_PATIENT_ID, DEV_DEVICE_ID)
+        known = self._verified.get(token)
+        if known is not None:
+            holder, until = known
+            if time.time() < until and not self.revoked.voids(holder.sub, holder.issued_at):
+                return holder
+            del self._verified[token]  # expired or revoked: checked in full below
+        verified, alg = await self._verify(token)
+        if alg == "HS256" and not isinstance(verified, AdminIdentity) and verified.expires_at:
+            if len(self._verified) >= VERIFIED_MAX:
+                del self._verified[next(iter(self._verified))]  # the oldest entry
+            until = min(verified.expires_at, time.time() + VERIFIED_FOR_S)
+            self._verified[token] = (verified, until)
+        return verified
+
+    async def _verify(self, token: str) -> tuple[Principal, str]:
         try:
             header = jwt.get_unverified_header(token)
             alg = header.get("alg")
@@ -155,7 +180,7 @@ class Authenticator:
         holder = identity_from_claims(claims)
         if self.revoked.voids(holder.sub, _number(claims.get("iat"))):
             raise AuthError("token revoked")
-        return holder
+        return holder, str(alg)
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Principal:

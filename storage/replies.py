@@ -102,6 +102,21 @@ async def streaming_replies(conn: Connection, patient_id: UUID) -> list[UUID]:
     return [row["response_id"] for row in rows]
 
 
+async def ready_state(conn: Connection, patient_id: UUID) -> tuple[int, list[UUID]]:
+    """What a socket's `session.ready` needs, in one round trip: the patient's latest sync
+    version and the response ids of their replies streaming now."""
+    row = await conn.fetchrow(
+        """
+        SELECT coalesce((SELECT sync_version FROM patients WHERE id = $1), 0) AS version,
+               ARRAY(SELECT response_id FROM reply_leases
+                     WHERE patient_id = $1 AND expires_at > now()) AS streaming
+        """,
+        patient_id,
+    )
+    assert row is not None
+    return int(row["version"]), list(row["streaming"])
+
+
 async def recent_turns(
     conn: Connection, thread_id: UUID, *, before: UUID, limit: int = 20
 ) -> list[StoredTurn]:

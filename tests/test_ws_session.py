@@ -427,3 +427,18 @@ async def test_long_lived_tokens_and_foreign_issuers_are_refused(
 async def test_a_token_from_the_trusted_issuer_is_accepted(gateway: Gateway) -> None:
     async with open_socket(gateway.ws_url, hs256({"iss": "https://id.example"})) as ws:
         assert (await recv(ws))["type"] == "session.ready"
+
+
+@settings_for(db_pool_min=1, db_pool_max=1, db_acquire_timeout_s=0.2)
+async def test_a_connect_the_database_cannot_serve_in_time_is_told_to_come_back(
+    gateway: Gateway,
+) -> None:
+    # The pool's only connection is taken: session.ready cannot read the sync version.
+    async with gateway.services.db.acquire():
+        async with open_socket(gateway.ws_url, patient_token()) as ws:
+            error = (await recv(ws))["error"]
+            assert error["code"] == "busy" and error["retryable"] is True
+            assert error["message"] == "the database is busy; reconnect shortly"
+            assert await expect_close(ws) == 1013
+    async with session(gateway.ws_url, patient_token()) as (_, ready):  # and then it can
+        assert ready["type"] == "session.ready"

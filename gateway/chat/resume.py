@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from uuid import UUID
 
 import orjson
@@ -57,10 +58,16 @@ class Resumes:
         """The patient's streaming replies, as resumes (call once listening to the
         patient's topic)."""
         async with self.db.acquire() as conn:
-            expected = set(await streaming_replies(conn, patient_id))
-        if not expected:
+            expected = await streaming_replies(conn, patient_id)
+        return await self.collect(patient_id, expected)
+
+    async def collect(self, patient_id: UUID, expected: Iterable[UUID]) -> list[ChatResume]:
+        """Resumes of these streaming replies, from the processes streaming them (those
+        that do not answer in time ended meanwhile)."""
+        wanted = set(expected)
+        if not wanted:
             return []
-        collector = ResumeCollector(expected)
+        collector = ResumeCollector(wanted)
         answer_topic = f"resume:{uuid.uuid4()}"
         await self.hub.join(answer_topic, collector)
         try:

@@ -3,7 +3,7 @@ and the drain.
 
 Features reach sockets only through the router (gateway/realtime/router.py) and the hub;
 what the socket layer needs from a feature comes in as a plain function
-(`sync_version`), so nothing here imports one.
+(`sync_version`, `ready_state`), so nothing here imports one.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ RECONNECT_JITTER_MS = 2000  # spread reconnects so they do not all land at once
 
 # A patient's latest sync version (for session.ready, and after a broker outage).
 VersionLookup = Callable[[UUID], Awaitable[int]]
-# The patient's replies streaming now, as `chat.resume`s (on any process; chat's).
-ResumeLookup = Callable[[UUID], Awaitable[Sequence[ChatResume]]]
+# What `session.ready` needs of a patient: their latest sync version and their replies
+# streaming now as `chat.resume`s (on any process; chat's), read in one round trip.
+ReadyLookup = Callable[[UUID], Awaitable[tuple[int, Sequence[ChatResume]]]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class RealtimeService:
         router: Router,
         providers: Providers,
         sync_version: VersionLookup,
-        resumes: ResumeLookup,
+        ready_state: ReadyLookup,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -108,7 +109,7 @@ class RealtimeService:
         self.router = router
         self.providers = providers
         self.sync_version = sync_version
-        self.resumes = resumes
+        self.ready_state = ready_state
         self.flusher = Flusher()
         self.sockets: set[OpenSocket] = set()
         self.draining = False

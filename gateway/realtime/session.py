@@ -217,6 +217,10 @@ class Session:
             message = "the database is unreachable; reconnect shortly"
             self.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, retryable=True))
             self.close(CloseCode.TRY_AGAIN_LATER, "database unreachable")
+        except PoolExhausted:  # a storm of connects past what the pool serves in time
+            message = "the database is busy; reconnect shortly"
+            self.send_error(ProtocolError(ErrorCode.BUSY, message, retryable=True))
+            self.close(CloseCode.TRY_AGAIN_LATER, "database busy")
         except Exception as exc:
             # The one place where an unexpected failure becomes a close code.
             log.error("session failed: %s", type(exc).__name__, exc_info=exc)
@@ -244,11 +248,7 @@ class Session:
         sync_version = None
         resumes: Sequence[ChatResume] = ()
         if patient is not None:
-            sync_version = await realtime.sync_version(patient.patient_id)
-            try:
-                resumes = await realtime.resumes(patient.patient_id)
-            except Exception as exc:  # the replies still reach the device through sync
-                log.warning("resuming replies failed: %s", type(exc).__name__)
+            sync_version, resumes = await realtime.ready_state(patient.patient_id)
         self.send(
             SessionReady(
                 session_id=self.id,
