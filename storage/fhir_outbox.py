@@ -1,27 +1,35 @@
-"""The queue of pain reports waiting to be sent to the FHIR server (sql/0011): filled by
-every pain report write in the same transaction, emptied by the export worker.
+"""The queue of resources waiting to be sent to the FHIR server (sql/0011, sql/0013):
+filled in the same transaction by every pain report write (its Observation) and every
+change of a thread's summary (its DocumentReference), emptied by the export worker.
 
 A worker claims due rows with a lease (SKIP LOCKED: workers of several processes never
-take the same row) together with each report's state now, sends them without holding a
+take the same row) together with each resource's state now, sends them without holding a
 connection, and takes a row off only if its revision is still the one it sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from storage.database import Connection
 from storage.pain_reports import PainReport, exported_report
+from storage.summaries import ThreadSummary
+
+Resource = Literal["Observation", "DocumentReference"]
 
 
 @dataclass(frozen=True)
 class Due:
-    report_id: UUID
+    resource: Resource
+    resource_id: UUID
     patient_id: UUID
     revision: int
     attempts: int
-    report: PainReport | None  # None: deleted (or erased) since; delete it there too
+    # Its state now; both None: gone (deleted, erased, a summary dropped): delete it there.
+    report: PainReport | None = None
+    summary: ThreadSummary | None = None
 
 
 async def claim(conn: Connection, limit: int, lease_s: float) -> list[Due]:
@@ -29,7 +37,7 @@ async def claim(conn: Connection, limit: int, lease_s: float) -> list[Due]:
     rows = await conn.fetch(
         """
         WITH due AS (
-            SELECT report_id FROM fhir_outbox
+            SELECT resource, resource_id FROM fhir_outbox
             WHERE not_before <= now()
             ORDER BY not_before
             LIMIT $1
@@ -37,27 +45,41 @@ async def claim(conn: Connection, limit: int, lease_s: float) -> list[Due]:
         ), leased AS (
             UPDATE fhir_outbox q
             SET not_before = now() + make_interval(secs => $2), attempts = q.attempts + 1
-            FROM due WHERE q.report_id = due.report_id
-            RETURNING q.report_id, q.patient_id, q.revision, q.attempts
+            FROM due WHERE (q.resource, q.resource_id) = (due.resource, due.resource_id)
+            RETURNING q.resource, q.resource_id, q.patient_id, q.revision, q.attempts
         )
-        SELECT l.report_id, l.patient_id, l.revision, l.attempts, pr.deleted,
-               pr.id, pr.intensity, pr.recorded_at, pr.region, pr.svg_path, pr.qualities,
-               pr.note, pr.onset_at, pr.thread_id, pr.updated_at
-        FROM leased l JOIN pain_reports pr ON pr.id = l.report_id
+        SELECT l.resource, l.resource_id, l.patient_id, l.revision, l.attempts,
+               pr.deleted AS report_deleted, pr.id, pr.intensity, pr.recorded_at, pr.region,
+               pr.svg_path, pr.qualities, pr.note, pr.onset_at, pr.thread_id, pr.updated_at,
+               t.title, t.summary, t.summarized_at
+        FROM leased l
+        LEFT JOIN pain_reports pr ON l.resource = 'Observation' AND pr.id = l.resource_id
+        LEFT JOIN threads t
+            ON l.resource = 'DocumentReference' AND t.id = l.resource_id
+            AND NOT t.deleted AND t.summary IS NOT NULL
         """,
         limit,
         lease_s,
     )
-    return [
-        Due(
-            r["report_id"],
-            r["patient_id"],
-            r["revision"],
-            r["attempts"],
-            None if r["deleted"] else exported_report(r),
+    due = []
+    for r in rows:
+        report = summary = None
+        if r["resource"] == "Observation" and r["id"] is not None and not r["report_deleted"]:
+            report = exported_report(r)
+        if r["resource"] == "DocumentReference" and r["summary"] is not None:
+            summary = ThreadSummary(r["resource_id"], r["title"], r["summary"], r["summarized_at"])
+        due.append(
+            Due(
+                r["resource"],
+                r["resource_id"],
+                r["patient_id"],
+                r["revision"],
+                r["attempts"],
+                report,
+                summary,
+            )
         )
-        for r in rows
-    ]
+    return due
 
 
 async def sent(conn: Connection, due: list[Due]) -> int:
@@ -65,10 +87,11 @@ async def sent(conn: Connection, due: list[Due]) -> int:
     status: str = await conn.execute(
         """
         DELETE FROM fhir_outbox q
-        USING unnest($1::uuid[], $2::bigint[]) AS s (report_id, revision)
-        WHERE q.report_id = s.report_id AND q.revision = s.revision
+        USING unnest($1::text[], $2::uuid[], $3::bigint[]) AS s (resource, resource_id, revision)
+        WHERE (q.resource, q.resource_id, q.revision) = (s.resource, s.resource_id, s.revision)
         """,
-        [d.report_id for d in due],
+        [d.resource for d in due],
+        [d.resource_id for d in due],
         [d.revision for d in due],
     )
     return int(status.rsplit(" ", 1)[-1])
@@ -78,10 +101,12 @@ async def back_off(conn: Connection, due: list[Due], delay_s: float, error: str)
     """Sending failed: due again after `delay_s`, the reason kept (no patient data)."""
     await conn.execute(
         """
-        UPDATE fhir_outbox SET not_before = now() + make_interval(secs => $2), last_error = $3
-        WHERE report_id = ANY($1::uuid[])
+        UPDATE fhir_outbox q SET not_before = now() + make_interval(secs => $3), last_error = $4
+        FROM unnest($1::text[], $2::uuid[]) AS s (resource, resource_id)
+        WHERE (q.resource, q.resource_id) = (s.resource, s.resource_id)
         """,
-        [d.report_id for d in due],
+        [d.resource for d in due],
+        [d.resource_id for d in due],
         delay_s,
         error,
     )

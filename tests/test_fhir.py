@@ -274,7 +274,8 @@ async def test_reports_reach_the_fhir_server_once_despite_a_failure_and_deletes_
         serve_gateway(settings, database_url) as gw,
         session(gw.ws_url, patient_token(patient)) as (ws, _),
     ):
-        ids = await reports_of(ws, uuid.uuid4())
+        t = uuid.uuid4()
+        ids = await reports_of(ws, t)
         observation_urls = {f"Observation/{i}" for i in ids.values()}
         # The first Bundle is refused (503): kept, sent again after its backoff.
 
@@ -308,5 +309,25 @@ async def test_reports_reach_the_fhir_server_once_despite_a_failure_and_deletes_
             )
 
         await eventually(followed, timeout=TIMEOUT_S * 2, what="the delete and the edit")
+
+        # A thread's summary goes as a DocumentReference; a deleted message takes it off.
+        said = uuid.uuid4()
+        await push(ws, "s", message("s", t, "My lower back hurts when I sit.", id=said))
+        assert (await gw.services.summaries.run(patient_id=patient)).summarized == 1
+        document = f"DocumentReference/{t}"
+
+        async def summary_there() -> bool:
+            return document in fhir_server.resources
+
+        await eventually(summary_there, timeout=TIMEOUT_S * 2, what="the summary on the server")
+        attached = fhir_server.resources[document]["content"][0]["attachment"]["data"]
+        assert base64.b64decode(attached).decode().endswith("My lower back hurts when I sit.")
+        erase = {"mutation_id": "x", "entity": "message", "op": "delete", "id": str(said)}
+        assert (await push(ws, "x", erase))["applied"] == ["x"]
+
+        async def summary_gone() -> bool:
+            return document not in fhir_server.resources
+
+        await eventually(summary_gone, timeout=TIMEOUT_S * 2, what="the summary deleted there")
         assert fhir_server.resources[f"Observation/{ids['today']}"]["valueInteger"] == 2
         assert len([k for k in fhir_server.resources if k.startswith("Observation/")]) == 2

@@ -114,18 +114,24 @@ def collection(
 
 
 def transaction(
-    live: Sequence[PainReport], deleted: Sequence[UUID], now: datetime
+    reports: Sequence[PainReport],
+    summaries: Sequence[tuple[ThreadSummary, UUID]],
+    gone: Sequence[tuple[str, UUID]],
+    now: datetime,
 ) -> dict[str, Any]:
-    """What a FHIR server applies as one: each patient and live report put by id, each
-    deleted report deleted by id (a resend changes nothing)."""
-    entries: list[dict[str, Any]] = []
-    for patient_id in sorted({r.patient_id for r in live if r.patient_id is not None}, key=str):
-        entries.append(_put(patient(patient_id)))
-    for report in live:
+    """What a FHIR server applies as one: each patient, live report (`reports`, each with
+    its patient_id) and summary (with its patient's id) put by id, each resource that is
+    gone deleted by type and id (a resend changes nothing)."""
+    patients = {r.patient_id for r in reports if r.patient_id is not None}
+    patients |= {patient_id for _, patient_id in summaries}
+    entries = [_put(patient(patient_id)) for patient_id in sorted(patients, key=str)]
+    for report in reports:
         assert report.patient_id is not None
         entries.append(_put(observation(report, report.patient_id)))
-    for report_id in deleted:
-        entries.append({"request": {"method": "DELETE", "url": f"Observation/{report_id}"}})
+    for summary, patient_id in summaries:
+        entries.append(_put(document(summary, patient_id)))
+    for resource, resource_id in gone:
+        entries.append({"request": {"method": "DELETE", "url": f"{resource}/{resource_id}"}})
     return {
         "resourceType": "Bundle",
         "type": "transaction",

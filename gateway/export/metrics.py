@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-FHIR_QUEUE_DEPTH = Gauge("fhir_export_queue_depth", "Pain reports waiting to be sent to FHIR")
+FHIR_QUEUE_DEPTH = Gauge(
+    "fhir_export_queue_depth", "Resources (pain reports, summaries) waiting to be sent to FHIR"
+)
 FHIR_SENT = Counter(
-    "fhir_export_resources_total", "Observations sent to the FHIR server, by op", ["op"]
+    "fhir_export_resources_total", "Resources sent to the FHIR server, by op", ["op"]
 )
 FHIR_FAILURES = Counter(
     "fhir_export_failures_total", "Bundles the FHIR server did not take (sent again later)"

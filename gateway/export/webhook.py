@@ -1,5 +1,6 @@
 """The FHIR export worker, one per gateway process when FHIR_WEBHOOK_URL is set: claims
-due pain reports from the outbox (sql/0011), sends them as one transaction Bundle to the
+due resources from the outbox (sql/0011, sql/0013: pain reports' Observations, thread
+summaries' DocumentReferences), sends them as one transaction Bundle to the
 FHIR server's base URL, and takes them off once the server answers 2xx. A failure (an
 error status, no answer in time, a refused connection) keeps them queued, due again after
 a doubling delay of at most FHIR_EXPORT_MAX_BACKOFF_S; its reason (a status or an error
@@ -84,18 +85,19 @@ class FhirExporter:
             due = await claim(conn, config.batch, config.timeout_s * 2 + 10)
         if not due:
             return 0
-        live = [d.report for d in due if d.report is not None]
-        deleted = [d.report_id for d in due if d.report is None]
-        bundle = transaction(live, deleted, datetime.now(UTC))
+        reports = [d.report for d in due if d.report is not None]
+        summaries = [(d.summary, d.patient_id) for d in due if d.summary is not None]
+        gone = [(d.resource, d.resource_id) for d in due if d.report is None and d.summary is None]
+        bundle = transaction(reports, summaries, gone, datetime.now(UTC))
         failure = await self._send(bundle)
         async with self.db.acquire() as conn:
             if failure is None:
                 await sent(conn, due)
-                FHIR_SENT.labels("put").inc(len(live))
-                FHIR_SENT.labels("delete").inc(len(deleted))
+                FHIR_SENT.labels("put").inc(len(reports) + len(summaries))
+                FHIR_SENT.labels("delete").inc(len(gone))
             else:
                 FHIR_FAILURES.inc()
-                log.warning("a FHIR transaction of %d report(s) failed: %s", len(due), failure)
+                log.warning("a FHIR transaction of %d resource(s) failed: %s", len(due), failure)
                 await back_off(conn, due, self._delay(due), failure)
         return len(due)
 
