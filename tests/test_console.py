@@ -1,9 +1,10 @@
 """The web console (/console/) in real headless Chromium (Debian's, driven by Playwright):
 a patient page and a clinician page side by side on two gateway processes. The patient
 types and speaks (Chromium's fake microphone playing espeak-ng speech, transcribed by the
-local Whisper), the clinician watches it stream in read-only, the network is cut and
-restored and both pages converge without duplicates, a clinician without a grant is
-refused in words, and axe-core finds no serious accessibility violation in either view.
+local Whisper) and rates the pain on the body map, the clinician watches it come in
+read-only, the network is cut and restored and both pages converge without duplicates,
+a clinician without a grant is refused in words, and axe-core finds no serious
+accessibility violation in either view.
 Screenshots go to PAINAR_SCREENSHOTS when set (`just screenshots`)."""
 
 from __future__ import annotations
@@ -151,6 +152,19 @@ async def test_a_patient_and_an_observing_clinician_side_by_side_on_two_processe
         for page, scope in ((headset, "#patient-view"), (desk, "section.pane")):
             stored = page.locator(f'{scope} li[data-role="assistant"][data-state="stored"]')
             await expect(stored).to_have_text(re.compile(re.escape(REPLY)), timeout=WAIT_MS)
+
+        # The patient rates the pain where it hurts; the clinician's pane shows it.
+        await headset.get_by_label("Where it hurts (optional)").select_option("Lower back")
+        await headset.get_by_label("Pain now (0 none – 10 worst)").select_option("7")
+        await headset.get_by_role("button", name="Record pain").click()
+        for page, scope in ((headset, "#patient-view"), (desk, "section.pane")):
+            rated = page.locator(f"{scope} [data-pain-reports] li")
+            await expect(rated).to_have_count(1, timeout=WAIT_MS)
+            await expect(rated).to_contain_text("7/10 · Lower back")
+        stored_report = await db.fetchrow(
+            "SELECT intensity, region FROM pain_reports WHERE patient_id = $1", patient
+        )
+        assert stored_report is not None and tuple(stored_report) == (7, "Lower back")
 
         # The patient speaks: Chromium's microphone plays the spoken file.
         await headset.get_by_role("button", name="Start speaking").click()

@@ -5,6 +5,7 @@
 import { regionName } from "./regions.js";
 
 const TRANSCRIPTS_SHOWN = 5;
+const PAIN_REPORTS_SHOWN = 10;
 
 export class Conversation {
   /**
@@ -34,6 +35,7 @@ export class Conversation {
       threadTitle: root.querySelector("[data-thread-title]"),
       messages: root.querySelector("[data-messages]"),
       transcripts: root.querySelector("[data-transcripts]"),
+      painReports: root.querySelector("[data-pain-reports]"),
       composerSlot: root.querySelector("[data-composer-slot]"),
     };
     this.threadsShown = "";
@@ -151,6 +153,20 @@ export class Conversation {
       items.push(this.messageItem(responseId, data, stream.finish ? "done" : "streaming"));
     }
     this.el.messages.replaceChildren(...items);
+
+    this.el.painReports.replaceChildren(
+      ...[...replica.painReports.values()]
+        .sort((a, b) => String(b.data.recorded_at).localeCompare(String(a.data.recorded_at)))
+        .slice(0, PAIN_REPORTS_SHOWN)
+        .map((report) => {
+          const li = document.createElement("li");
+          li.dataset.id = report.id;
+          const where = report.data.region ?? (report.data.svg_path ? regionName(report.data.svg_path) : null);
+          const when = new Date(String(report.data.recorded_at)).toLocaleString();
+          li.textContent = `${report.data.intensity}/10${where ? ` · ${where}` : ""} · ${when}`;
+          return li;
+        }),
+    );
 
     this.el.transcripts.replaceChildren(
       ...this.transcripts.map((t) => {

@@ -22,6 +22,9 @@ export function patientView(client, section, alert) {
   const microphone = form.querySelector("[data-microphone]");
   const voiceStatus = form.querySelector("[data-voice-status]");
   const clearRegion = bodyMap(region, form.querySelector("[data-body-map]"));
+  const intensity = form.querySelector("#intensity");
+  for (let n = 0; n <= 10; n++) intensity.append(new Option(String(n), String(n)));
+  intensity.value = "5";
   const recorder = new Recorder(client, (status) => (voiceStatus.textContent = status));
 
   // The client's own replica takes this patient's sync frames; the rest is shown here.
@@ -53,6 +56,25 @@ export function patientView(client, section, alert) {
       if (!text.value) text.value = message; // not stored: give it back to resend
       alert(`Not sent: ${error.message}`);
     });
+  });
+
+  // A pain report: the number on the 0-10 scale and, when marked, where (the body map).
+  form.querySelector("[data-report-pain]").addEventListener("click", () => {
+    const id = crypto.randomUUID();
+    const data = { intensity: Number(intensity.value) };
+    if (region.value) {
+      data.svg_path = region.value;
+      data.region = region.selectedOptions[0].text;
+    }
+    const thread = conversation.currentThread();
+    if (thread && client.replica.threads.has(thread)) data.thread_id = thread;
+    client
+      .push([{ mutation_id: `pain-${id}`, entity: "pain_report", op: "upsert", id, data }])
+      .then((ack) => {
+        const [rejected] = ack.rejected;
+        if (rejected) alert(`Pain report not recorded: ${rejected.message}`);
+      })
+      .catch((error) => alert(`Pain report not recorded: ${error.message}`));
   });
 
   form.querySelector("[data-new-thread]").addEventListener("click", () => {
