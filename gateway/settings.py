@@ -263,11 +263,6 @@ class Settings(BaseSettings):
     def embedded_database(self) -> bool:
         return self.database_url is None
 
-    @property
-    def offline_models(self) -> bool:
-        """No model server configured: the offline providers answer."""
-        return not any(self.over_http(c) for c in ("chat", "embedding", "transcription"))
-
     def base_url(self, capability: Capability) -> str | None:
         """Where this capability's OpenAI-compatible server is (None: OpenAI itself)."""
         specific = {

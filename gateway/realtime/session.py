@@ -213,14 +213,14 @@ class Session:
                 raise
             assert self._task is not None
             self._task.uncancel()
-        except DatabaseUnavailable:  # session.ready needs the sync version
-            message = "the database is unreachable; reconnect shortly"
-            self.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, retryable=True))
-            self.close(CloseCode.TRY_AGAIN_LATER, "database unreachable")
-        except PoolExhausted:  # a storm of connects past what the pool serves in time
-            message = "the database is busy; reconnect shortly"
-            self.send_error(ProtocolError(ErrorCode.BUSY, message, retryable=True))
-            self.close(CloseCode.TRY_AGAIN_LATER, "database busy")
+        except (DatabaseUnavailable, PoolExhausted) as exc:
+            # session.ready needs the sync version: down, or a storm of connects past
+            # what the pool serves in time.
+            self.send_error(_database_error(exc, "reconnect shortly"))
+            busy = isinstance(exc, PoolExhausted)
+            self.close(
+                CloseCode.TRY_AGAIN_LATER, "database busy" if busy else "database unreachable"
+            )
         except Exception as exc:
             # The one place where an unexpected failure becomes a close code.
             log.error("session failed: %s", type(exc).__name__, exc_info=exc)
@@ -330,14 +330,23 @@ class Session:
         ref: str | None = getattr(frame, "id", None)
         try:
             await self.realtime.router.dispatch(self, frame)
-        except PoolExhausted:
-            message = "the database is busy; retry shortly"
-            self.send_error(ProtocolError(ErrorCode.BUSY, message, ref, retryable=True))
-        except DatabaseUnavailable:
-            message = "the database is unreachable; nothing was stored, retry shortly"
-            self.send_error(ProtocolError(ErrorCode.UNAVAILABLE, message, ref, retryable=True))
+        except PoolExhausted as exc:
+            self.send_error(_database_error(exc, "retry shortly", ref))
+        except DatabaseUnavailable as exc:
+            self.send_error(_database_error(exc, "nothing was stored, retry shortly", ref))
         except Exception as exc:
             log.error("handler for %s failed: %s", frame.type, type(exc).__name__, exc_info=exc)
             self.send_error(
                 ProtocolError(ErrorCode.INTERNAL, "internal error", ref, retryable=True)
             )
+
+
+def _database_error(
+    exc: DatabaseUnavailable | PoolExhausted, then: str, ref: str | None = None
+) -> ProtocolError:
+    """What a client is told when the database cannot serve it: busy or unreachable,
+    and what to do (`then`)."""
+    if isinstance(exc, PoolExhausted):
+        return ProtocolError(ErrorCode.BUSY, f"the database is busy; {then}", ref, retryable=True)
+    message = f"the database is unreachable; {then}"
+    return ProtocolError(ErrorCode.UNAVAILABLE, message, ref, retryable=True)
