@@ -134,7 +134,9 @@ class Database:
         except TimeoutError:
             raise PoolExhausted from None
         except Exception as exc:
-            if _unreachable(exc):
+            # Refused while the pool opened a connection ("not currently accepting
+            # connections", too many connections, ...): the server cannot serve us now.
+            if _unreachable(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise DatabaseUnavailable from exc
             raise
         try:

@@ -350,7 +350,7 @@ async def test_the_open_socket_gauge_counts_by_role(gateway: Gateway) -> None:
         await eventually(lambda: open_patients(0), what="the gauge to drop")
 
 
-async def test_a_session_that_cannot_reach_its_database_closes_with_1011(
+async def test_a_session_that_cannot_reach_its_database_is_told_and_closed_with_1013(
     gateway: Gateway, database_url: str, postgres_dsn: str
 ) -> None:
     name = urlsplit(database_url).path.lstrip("/")
@@ -362,8 +362,9 @@ async def test_a_session_that_cannot_reach_its_database_closes_with_1011(
         )
         async with open_socket(gateway.ws_url, patient_token()) as ws:
             error = (await recv(ws))["error"]
-            assert (error["code"], error["retryable"]) == ("internal", True)
-            assert await expect_close(ws) == 1011
+            assert (error["code"], error["retryable"]) == ("unavailable", True)
+            assert "database is unreachable" in error["message"]
+            assert await expect_close(ws) == 1013
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
