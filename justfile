@@ -48,12 +48,15 @@ run *args: install
 test *args: install test-tools
     {{bin}}/pytest -n 2 {{args}}
 
-# What the suite needs besides Python, installed when missing: espeak-ng, sox, promtool, Node,
+# What the suite needs besides Python, installed when missing: redis-server and redis-cli
+# (a Redis Cluster's suites), espeak-ng, sox, promtool, Node,
 # Chromium (Debian's: the console's browser tests; Playwright downloads no browser)
 test-tools:
     #!/usr/bin/env bash
     set -euo pipefail
     missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
     command -v sox >/dev/null || missing+=(sox)
     command -v promtool >/dev/null || missing+=(prometheus)

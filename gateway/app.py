@@ -50,8 +50,7 @@ from gateway.observe.service import ObserveService
 from gateway.providers import NO_TRANSCRIPTION, Models, make_models
 from gateway.realtime import control
 from gateway.realtime.broker import Broker
-from gateway.realtime.broker.memory import MemoryBroker
-from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.endpoint import WS_PATH, websocket_endpoint
 from gateway.realtime.hub import Hub
 from gateway.realtime.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
@@ -84,7 +83,7 @@ class Services:
             acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         url = settings.redis_url
-        self.broker: Broker = RedisBroker(url) if url else MemoryBroker()
+        self.broker: Broker = broker_for(url)
         self.hub = Hub(self.broker)
         self.presence = PresenceService(
             RedisPresenceStore(url) if url else MemoryPresenceStore(), self.hub

@@ -19,8 +19,7 @@ from gateway.app import summary_job
 from gateway.export.fhir import collection
 from gateway.observe.care_team import CareTeams
 from gateway.providers import make_models
-from gateway.realtime.broker.memory import MemoryBroker
-from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.hub import Hub
 from gateway.settings import Settings
 from gateway.sync.writes import ChangeWriter
@@ -139,7 +138,7 @@ async def _run(args: argparse.Namespace, dsn: str, settings: Settings) -> int:
 async def _erase(db: Database, patient_id: UUID, redis_url: str | None) -> int:
     """Deletes the patient's threads and pain reports through the change log (published,
     so open devices delete them at once), then blanks what remains (storage/erasure.py)."""
-    hub = Hub(RedisBroker(redis_url) if redis_url else MemoryBroker())
+    hub = Hub(broker_for(redis_url))
     try:
         async with db.acquire() as conn:
             threads = await live_threads(conn, patient_id)
@@ -166,7 +165,7 @@ async def _summarize(
     db: Database, args: argparse.Namespace, settings: Settings, redis_url: str | None
 ) -> int:
     """One summary run now (published, so open devices get the summaries at once)."""
-    hub = Hub(RedisBroker(redis_url) if redis_url else MemoryBroker())
+    hub = Hub(broker_for(redis_url))
     models = make_models(settings)
     try:
         job = summary_job(settings, db, ChangeWriter(db, hub), models)

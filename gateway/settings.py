@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway import redis_address
+
 # Accepted only with DEBUG=true, so a deployment that forgets SECRET_KEY refuses to start.
 DEV_SECRET_KEY = "painar-development-secret-not-for-production"
 DEV_TOKEN = "dev-token"
@@ -190,8 +192,7 @@ class Settings(BaseSettings):
     def _redis_uri(cls, value: str | None) -> str | None:
         if not value:
             return None
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URI")
+        redis_address.validate(value)
         return value
 
     @field_validator("allowed_origins", mode="before")

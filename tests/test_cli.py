@@ -45,6 +45,9 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"PORT": "70000"}, "PORT"),
         ({"DATABASE_URL": "mysql://db/painar"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis+cluster://"}, "REDIS_URL"),  # no node
+        ({"REDIS_URL": "redis+cluster://10.0.0.1:7000,10.0.0.2:port"}, "REDIS_URL"),
+        ({"REDIS_URL": "rediss+cluster://:6379"}, "REDIS_URL"),  # no host
         ({"OPENAI_BASE_URL": "localhost:8080"}, "OPENAI_BASE_URL"),
         ({"SENTRY_DSN": "not a url"}, "SENTRY_DSN"),
         ({"DEBUG": "perhaps"}, "DEBUG"),

@@ -213,7 +213,7 @@ class ReplyRun:
         # storing) takes the cores that the broker, the other processes and the sockets
         # need for them.
         if reply.last_published is not None:
-            await self.hub.came_back(reply.last_published, ECHO_WAIT_S)
+            await self.hub.came_back(reply.topic, reply.last_published, ECHO_WAIT_S)
         reason: FinishReason = stream.finish_reason or "error"  # type: ignore[assignment]
         text = stream.text
         reply_vector = await embed(self.models.embedder, text, "reply") if text else None

@@ -22,7 +22,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 from uuid import UUID
 
@@ -83,8 +83,9 @@ class Hub:
         self._subscribing: dict[str, asyncio.Task[None]] = {}
         self._signal_handlers: dict[str, SignalHandler] = {}
         self._published = 0  # sequence of this hub's last publish
-        self._came_back = 0  # sequence of the last own publish the broker handed back
-        self._echo_waits: list[tuple[int, asyncio.Future[None]]] = []
+        # By topic, the sequence of the last own publish the broker handed back.
+        self._came_back: dict[str, int] = {}
+        self._echo_waits: list[tuple[str, int, asyncio.Future[None]]] = []
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._recovered)
@@ -134,17 +135,18 @@ class Hub:
     async def signal(self, topic: str, name: str, payload: bytes = b"") -> None:
         await self._publish(topic, name, payload, None)
 
-    async def came_back(self, seq: int, timeout: float) -> bool:
-        """Wait until this hub's publish `seq` has come back from the broker (so it has
-        reached every process subscribed to its topic), at most `timeout` seconds; False
-        if it did not. Only publishes on topics this process is subscribed to come back."""
-        if self._came_back >= seq:
+    async def came_back(self, topic: str, seq: int, timeout: float) -> bool:
+        """Wait until this hub's publish `seq` on `topic` has come back from the broker (so
+        it has reached every process subscribed to the topic), at most `timeout` seconds;
+        False if it did not. Only publishes on topics this process is subscribed to come
+        back. Per topic: a cluster's shards keep order per channel, not across them."""
+        if self._came_back.get(topic, 0) >= seq:
             return True
-        entry = (seq, asyncio.get_running_loop().create_future())
+        entry = (topic, seq, asyncio.get_running_loop().create_future())
         self._echo_waits.append(entry)
         try:
             async with asyncio.timeout(timeout):
-                await entry[1]
+                await entry[2]
             return True
         except TimeoutError:
             return False
@@ -170,6 +172,7 @@ class Hub:
 
     async def _maybe_unsubscribe(self, topic: str) -> None:
         if self._interest(topic) == 0:
+            self._came_back.pop(topic, None)
             await self.broker.unsubscribe(topic)
 
     def _interest(self, topic: str) -> int:
@@ -190,7 +193,7 @@ class Hub:
         process has no interest)."""
         published_at, origin, publisher, seq, kind_length = _HEADER.unpack_from(message)
         if publisher == self.id:
-            self._own_came_back(seq)
+            self._own_came_back(topic, seq)
         if topic not in self._topics and topic not in self._holds:
             return ""
         start = _HEADER.size
@@ -215,19 +218,22 @@ class Hub:
             listener.deliver(text)
         FRAMES_OUT.labels(frame_type).inc(len(listeners))
 
-    def _own_came_back(self, seq: int) -> None:
-        # One publisher's messages come back in publish order: all up to `seq` are through.
-        self._came_back = max(self._came_back, seq)
+    def _own_came_back(self, topic: str, seq: int) -> None:
+        # One publisher's messages on a topic come back in publish order: all of the
+        # topic's up to `seq` are through.
+        if topic not in self._topics and topic not in self._holds:
+            return
+        self._came_back[topic] = max(self._came_back.get(topic, 0), seq)
         if self._echo_waits:
             waiting = []
             for entry in self._echo_waits:
-                if entry[0] > seq:
+                if entry[0] != topic or entry[1] > seq:
                     waiting.append(entry)
-                elif not entry[1].done():
-                    entry[1].set_result(None)
+                elif not entry[2].done():
+                    entry[2].set_result(None)
             self._echo_waits = waiting
 
-    def _recovered(self) -> None:
-        for listeners in tuple(self._topics.values()):
-            for listener in tuple(listeners):
+    def _recovered(self, topics: Collection[str] | None) -> None:
+        for topic in tuple(self._topics if topics is None else topics):
+            for listener in tuple(self._topics.get(topic, ())):
                 listener.broker_recovered()

@@ -22,9 +22,10 @@ from uuid import UUID
 
 import orjson
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
 
-from gateway.realtime.broker.redis import redis_client
+from gateway.realtime.broker.commands import command_client
 from gateway.realtime.hub import Hub, patient_topic
 from protocol.codec import encode
 from protocol.frames import Observer, Presence
@@ -87,7 +88,7 @@ class MemoryPresenceStore:
 
 class RedisPresenceStore:
     def __init__(self, url: str) -> None:
-        self._redis = redis_client(url)
+        self._redis = command_client(url)
 
     @staticmethod
     def _key(patient_id: UUID) -> str:
@@ -132,7 +133,7 @@ class RedisPresenceStore:
             await pipe.execute()
 
     @staticmethod
-    def _write(pipe: Pipeline, key: str, members: Sequence[Member]) -> None:
+    def _write(pipe: Pipeline | ClusterPipeline, key: str, members: Sequence[Member]) -> None:
         expires = time.time() + MEMBER_TTL_S
         mapping = {
             m.session_id: orjson.dumps(

@@ -7,7 +7,7 @@ holds the truth, and a client that may have missed something catches up from the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 
@@ -17,8 +17,9 @@ class BrokerUnavailable(Exception):
 
 # Called with (topic, message) for every message on a subscribed topic, in order.
 MessageHandler = Callable[[str, bytes], None]
-# Called after the link to the broker was lost and is back: messages may have been missed.
-RecoveryHandler = Callable[[], None]
+# Called after the link to the broker was lost and is back: messages of these topics (of
+# every topic: None) may have been missed.
+RecoveryHandler = Callable[[Collection[str] | None], None]
 
 
 class Broker(Protocol):

@@ -20,6 +20,7 @@ import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 CONNECT_TIMEOUT_S = 2.0
+SUBSCRIBE_TIMEOUT_S = 5.0
 
 Reply = Any  # what hiredis parses: bytes, int, list, or a hiredis.ReplyError
 
@@ -91,6 +92,34 @@ class Link(asyncio.Protocol):
             waiting = self._pending.popleft()
             if not waiting.done():
                 waiting.set_exception(error)
+
+
+class Confirmations:
+    """Subscriptions sent on a subscriber link and not yet confirmed, by channel: the
+    subscriber hands each confirmation it reads to `confirm`."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def subscribe(self, link: Link, verb: bytes, groups: list[list[str]]) -> None:
+        """Send `verb` once per group of channels and wait until Redis confirms each
+        channel (LinkLost or TimeoutError if it does not within SUBSCRIBE_TIMEOUT_S)."""
+        loop = asyncio.get_running_loop()
+        channels = [c for group in groups for c in group]
+        waits = [self._waiting.setdefault(c, loop.create_future()) for c in channels]
+        link.write(b"".join(command(verb, *(c.encode() for c in group)) for group in groups))
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await asyncio.gather(*(asyncio.shield(w) for w in waits))
+        finally:
+            for channel, confirmed in zip(channels, waits, strict=True):
+                if self._waiting.get(channel) is confirmed and confirmed.done():
+                    del self._waiting[channel]
+
+    def confirm(self, channel: str) -> None:
+        confirmed = self._waiting.get(channel)
+        if confirmed is not None and not confirmed.done():
+            confirmed.set_result(None)
 
 
 async def open_link(url: str) -> Link:

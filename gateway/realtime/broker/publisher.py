@@ -1,4 +1,4 @@
-"""PUBLISH over one pipelined Redis connection.
+"""PUBLISH (or a cluster shard's SPUBLISH) over one pipelined Redis connection.
 
 This writes each PUBLISH straight onto one link as it comes and matches the integer
 replies in order, instead of taking a pooled connection per command: fewer allocations
@@ -23,8 +23,9 @@ class PublishFailed(Exception):
 
 
 class Publisher:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, verb: bytes = b"PUBLISH") -> None:
         self._url = url
+        self._verb = verb
         self._link: Link | None = None
         self._connecting = asyncio.Lock()
 
@@ -32,7 +33,7 @@ class Publisher:
         link = self._link if self._link is not None and self._link.open else await self._connect()
         try:
             async with asyncio.timeout(REPLY_TIMEOUT_S):
-                reply = await link.call(command(b"PUBLISH", channel.encode(), message))
+                reply = await link.call(command(self._verb, channel.encode(), message))
         except TimeoutError:
             # A Redis that stops answering must not hold up writers (they wait on publishes).
             self._drop()

@@ -16,10 +16,18 @@ import logging
 import uuid
 
 import hiredis
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.realtime.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
-from gateway.realtime.broker.link import Link, LinkLost, Reply, command, open_link
+from gateway.realtime.broker.commands import command_client
+from gateway.realtime.broker.link import (
+    SUBSCRIBE_TIMEOUT_S,
+    Confirmations,
+    Link,
+    LinkLost,
+    Reply,
+    command,
+    open_link,
+)
 from gateway.realtime.broker.publisher import Publisher, PublishFailed
 from gateway.realtime.metrics import BROKER_PUBLISH_FAILURES
 
@@ -27,20 +35,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
-SUBSCRIBE_TIMEOUT_S = 5.0
-
-
-POOL_SIZE = 32  # connections per process for commands; callers wait for a free one
-POOL_WAIT_S = 5.0
-
-
-def redis_client(url: str) -> Redis:
-    """A client whose pool is bounded and makes callers wait rather than fail when every
-    connection is busy (a crowd of sockets joining at once)."""
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 class RedisBroker:
@@ -48,11 +42,11 @@ class RedisBroker:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._client = redis_client(url)  # pings
+        self._client = command_client(url)  # pings
         self._publisher = Publisher(url)
         self._control = f"painar:gateway:{uuid.uuid4()}"
         self._topics: set[str] = set()
-        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._confirmations = Confirmations()
         self._link: Link | None = None  # the subscriber, while connected
         self._on_message: MessageHandler | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -87,7 +81,7 @@ class RedisBroker:
         if self._link is None or not self._connected.is_set():
             return  # the reconnect loop subscribes it
         try:
-            await self._subscribe(self._link, topic)
+            await self._confirmations.subscribe(self._link, b"SUBSCRIBE", [[topic]])
         except (LinkLost, TimeoutError) as exc:
             log.warning("redis subscribe failed: %s", type(exc).__name__)
 
@@ -101,19 +95,6 @@ class RedisBroker:
 
     async def ping(self) -> None:
         await self._client.ping()
-
-    async def _subscribe(self, link: Link, *topics: str) -> None:
-        """Subscribe and wait until Redis confirms every topic."""
-        loop = asyncio.get_running_loop()
-        waits = [self._confirmations.setdefault(t, loop.create_future()) for t in topics]
-        link.write(command(b"SUBSCRIBE", *(t.encode() for t in topics)))
-        try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                await asyncio.gather(*(asyncio.shield(w) for w in waits))
-        finally:
-            for topic, confirmed in zip(topics, waits, strict=True):
-                if self._confirmations.get(topic) is confirmed and confirmed.done():
-                    del self._confirmations[topic]
 
     def _pushed(self, reply: Reply) -> None:
         """A message or a confirmation the subscriber link received."""
@@ -129,9 +110,7 @@ class RedisBroker:
             except Exception:  # one bad delivery must not take the link down
                 log.exception("delivering a broker message failed")
         elif kind == b"subscribe":
-            confirmed = self._confirmations.get(channel)
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
+            self._confirmations.confirm(channel)
 
     async def _read(self, on_recovered: RecoveryHandler) -> None:
         backoff = BACKOFF_MIN_S
@@ -141,13 +120,15 @@ class RedisBroker:
             try:
                 link = await open_link(self._url)
                 link.on_reply = self._pushed
-                await self._subscribe(link, self._control, *self._topics)
+                await self._confirmations.subscribe(
+                    link, b"SUBSCRIBE", [[self._control, *self._topics]]
+                )
                 self._link = link
                 self._connected.set()
                 if lost:
                     log.info("redis broker link recovered")
                     lost = False
-                    on_recovered()
+                    on_recovered(None)
                 backoff = BACKOFF_MIN_S
                 await link.closed
                 raise LinkLost("connection to redis lost")

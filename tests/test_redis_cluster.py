@@ -1,0 +1,167 @@
+"""Fan-out, sync and presence across gateway processes through a real Redis Cluster
+(sharded pub/sub), and recovery when a master is killed and its replica takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from gateway.realtime.hub import patient_topic
+from protocol.frames import ChatDelta
+from tests.conftest import gateway_process
+from tests.rediscluster import RedisClusterNodes
+from tests.support import TIMEOUT_S, eventually, make_settings, serve_gateway
+from tests.wsclient import expect_presence, expect_silence, patient_token, recv, send, session
+
+
+@pytest.fixture
+async def cluster_process(
+    database_url: str, redis_cluster: RedisClusterNodes, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A gateway process on the cluster; yields its WebSocket URL."""
+    async with gateway_process(database_url, redis_cluster.url, tmp_path / "b.log") as (_, url):
+        yield url
+
+
+def patients_on_every_master(cluster: RedisClusterNodes, each: int) -> list[uuid.UUID]:
+    """`each` patients whose topics live on each master."""
+    chosen: dict[int, list[uuid.UUID]] = {port: [] for port in cluster.masters()}
+    while any(len(patients) < each for patients in chosen.values()):
+        patient = uuid.uuid4()
+        on = chosen[cluster.master_of(patient_topic(patient))]
+        if len(on) < each:
+            on.append(patient)
+    return [patient for patients in chosen.values() for patient in patients]
+
+
+def delta(patient: uuid.UUID, seq: int) -> ChatDelta:
+    ids = uuid.UUID(int=1)
+    return ChatDelta(patient_id=patient, thread_id=ids, response_id=ids, seq=seq, delta="w ")
+
+
+def thread_upsert(n: int, thread: str, title: str) -> dict[str, Any]:
+    mutation = {
+        "mutation_id": f"m{n}",
+        "entity": "thread",
+        "op": "upsert",
+        "id": thread,
+        "data": {"title": title},
+    }
+    return {"type": "sync.push", "id": f"p{n}", "mutations": [mutation]}
+
+
+async def acked(ws: ClientConnection, ref: str) -> dict[str, Any]:
+    while True:
+        frame = await recv(ws, skip=("presence", "sync.delta", "sync.version"))
+        if frame.get("ref") == ref:
+            return frame
+
+
+async def test_frames_reach_each_patients_sockets_on_both_processes_through_their_shard(
+    database_url: str, redis_cluster: RedisClusterNodes, cluster_process: str
+) -> None:
+    patients = patients_on_every_master(redis_cluster, 2)
+    settings = make_settings(redis_url=redis_cluster.url)
+    async with serve_gateway(settings, database_url) as first, AsyncExitStack() as stack:
+        sockets = []
+        for patient in patients:
+            for device, url in (("a", first.ws_url), ("b", cluster_process)):
+                token = patient_token(patient, device)
+                ws, _ = await stack.enter_async_context(session(url, token))
+                sockets.append((patient, ws))
+        for patient in patients:
+            topic = patient_topic(patient)
+            # Sharded: both processes subscribed at the topic's master, none classically.
+            assert await redis_cluster.shard_subscribers(topic) == 2
+            assert await redis_cluster.classic_subscribers(topic) == 0
+            for seq in range(20):
+                await first.services.hub.publish(topic, delta(patient, seq))
+        for patient, ws in sockets:
+            frames = [await recv(ws) for _ in range(20)]
+            assert [(f["patient_id"], f["seq"]) for f in frames] == [
+                (str(patient), seq) for seq in range(20)
+            ]
+            await expect_silence(ws, seconds=0.05)
+
+
+async def test_a_push_on_one_process_reaches_the_other_and_presence_spans_them(
+    database_url: str, redis_cluster: RedisClusterNodes, cluster_process: str
+) -> None:
+    patient, thread = uuid.uuid4(), str(uuid.uuid4())
+    settings = make_settings(redis_url=redis_cluster.url)
+    async with serve_gateway(settings, database_url) as first:
+        async with session(first.ws_url, patient_token(patient, "headset")) as (a, _):
+            await expect_presence(a, ["headset"])
+            async with session(cluster_process, patient_token(patient, "phone")) as (b, _):
+                await expect_presence(a, ["headset", "phone"])
+                await expect_presence(b, ["headset", "phone"])
+                await send(a, thread_upsert(1, thread, "first"))
+                delta = await recv(b, skip=("presence",))
+                assert delta["type"] == "sync.delta" and delta["version"] == 1
+                assert delta["changes"][0]["data"]["title"] == "first"
+            await expect_presence(a, ["headset"])
+
+
+async def test_the_last_socket_of_a_patient_releases_its_shard_subscription(
+    database_url: str, redis_cluster: RedisClusterNodes
+) -> None:
+    patient = uuid.uuid4()
+    topic = patient_topic(patient)
+    settings = make_settings(redis_url=redis_cluster.url)
+    async with serve_gateway(settings, database_url) as gateway:
+        async with session(gateway.ws_url, patient_token(patient, "a")):
+            async with session(gateway.ws_url, patient_token(patient, "b")):
+                assert await redis_cluster.shard_subscribers(topic) == 1
+            assert await redis_cluster.shard_subscribers(topic) == 1
+
+        async def released() -> bool:
+            return await redis_cluster.shard_subscribers(topic) == 0
+
+        await eventually(released, what="the last socket to unsubscribe")
+
+
+async def test_a_killed_master_fails_over_and_its_patients_devices_catch_up(
+    database_url: str, tmp_path: Path
+) -> None:
+    cluster = RedisClusterNodes()  # its own: this test breaks one
+    await asyncio.to_thread(cluster.start)
+    try:
+        patient, bystander = patients_on_every_master(cluster, 1)[:2]
+        doomed = cluster.master_of(patient_topic(patient))
+        thread = str(uuid.uuid4())
+        settings = make_settings(redis_url=cluster.url)
+        async with (
+            serve_gateway(settings, database_url) as first,
+            gateway_process(database_url, cluster.url, tmp_path / "b.log") as (_, second),
+            session(first.ws_url, patient_token(patient, "headset")) as (headset, ready),
+            session(second, patient_token(patient, "phone")) as (phone, _),
+            session(first.ws_url, patient_token(bystander, "headset")) as (other, _),
+        ):
+            await send(phone, thread_upsert(1, thread, "before"))
+            assert (await recv(headset, skip=("presence",)))["version"] == 1
+
+            cluster.kill(doomed)
+            # Written while the shard is down: stored and acknowledged, not fanned out.
+            await send(phone, thread_upsert(2, thread, "during"))
+            assert (await acked(phone, "p2"))["type"] == "sync.ack"
+            await cluster.wait_failed_over(doomed)
+
+            # The headset's process resubscribed at the new master and says what the
+            # latest version is; the device pulls what it missed.
+            notice = await recv(headset, timeout=TIMEOUT_S * 2, skip=("presence",))
+            assert notice == {"type": "sync.version", "patient_id": str(patient), "version": 2}
+            # Live again through the promoted replica.
+            await send(phone, thread_upsert(3, thread, "after"))
+            delta = await recv(headset, skip=("presence", "sync.version"))
+            assert (delta["type"], delta["version"]) == ("sync.delta", 3)
+            assert delta["changes"][0]["data"]["title"] == "after"
+            await expect_silence(other)  # its shard lost nothing: not told to catch up
+    finally:
+        await asyncio.to_thread(cluster.stop)
