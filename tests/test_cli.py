@@ -20,8 +20,10 @@ from gateway.settings import DEV_SECRET_KEY, Settings, SettingsError, load_setti
 from storage.changes import MessageData, Mutation, ThreadData, apply_mutations, current_version
 from storage.database import connect
 from storage.migrations import default_directory
+from tests.conftest import RedisServer, gateway_process
 from tests.support import SETTING_NAMES, TEST_SECRET, TIMEOUT_S, free_port, gateway_env
 from tests.support import wait_ready as support_wait_ready
+from tests.wsclient import patient_token, session
 
 ROOT = Path(__file__).parent.parent
 
@@ -428,3 +430,29 @@ def test_every_setting_is_in_the_readmes_configuration_table() -> None:
     table = readme[readme.index("## Configuration") :]
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in table]
     assert not missing, f"settings missing from README's configuration table: {missing}"
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+async def test_the_log_has_no_line_per_socket_and_log_level_holds_for_uvicorn(
+    database_url: str, redis_server: RedisServer, tmp_path: Path, level: str
+) -> None:
+    log_path = tmp_path / "gateway.log"
+    async with gateway_process(database_url, redis_server.url, log_path, LOG_LEVEL=level) as (
+        process,
+        url,
+    ):
+        for device in ("a", "b"):
+            async with session(url, patient_token(uuid.uuid4(), device)):
+                pass
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT_S):
+            await process.wait()
+    lines = log_path.read_text().splitlines()
+    assert not [line for line in lines if "connection open" in line or "connection closed" in line]
+    assert not [line for line in lines if '"WebSocket /v1/ws"' in line]
+    infos = [line for line in lines if " INFO " in line]
+    if level == "INFO":
+        assert any("Uvicorn running on" in line for line in infos)  # start and stop stay
+        assert any("Finished server process" in line for line in infos)
+    else:
+        assert infos == []

@@ -40,7 +40,7 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    quiet_libraries()
+    quiet_libraries(root.level)
 
 
 def line_formatter() -> logging.Formatter:
@@ -81,10 +81,28 @@ def exception_summary(exc: BaseException) -> str:
     return f"{kind} (text withheld) fingerprint={fingerprint}"
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(level: int = logging.DEBUG) -> None:
+    """Libraries at WARNING; uvicorn's own lines (start, stop) at INFO even under DEBUG,
+    and not below the configured `level` (LOG_LEVEL=WARNING silences them too). Lines
+    per socket (opened, accepted, closed) are left out: they are an access log, and the
+    access log is off (paths can carry ids); the socket metrics count them instead."""
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("uvicorn.error").setLevel(logging.INFO)
+    server = logging.getLogger("uvicorn.error")
+    server.setLevel(max(logging.INFO, level))
+    if not any(isinstance(f, PerSocketLines) for f in server.filters):
+        server.addFilter(PerSocketLines())
+
+
+class PerSocketLines(logging.Filter):
+    """Drops the lines uvicorn and websockets write for every WebSocket: thousands a
+    second in a reconnect storm, and formatting and writing them is CPU a connect
+    should not pay."""
+
+    LINES = frozenset(("connection open", "connection closed", '%s - "WebSocket %s" [accepted]'))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.LINES
 
 
 class PeerTextNotUtf8(logging.Filter):
