@@ -53,7 +53,7 @@ from gateway.realtime.broker import Broker
 from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.endpoint import WS_PATH, websocket_endpoint
 from gateway.realtime.hub import Hub
-from gateway.realtime.presence import MemoryPresenceStore, PresenceService, RedisPresenceStore
+from gateway.realtime.presence import PresenceService, presence_store_for
 from gateway.realtime.revocations import RevocationWatcher
 from gateway.realtime.router import Router
 from gateway.realtime.service import RealtimeConfig, RealtimeService
@@ -85,9 +85,7 @@ class Services:
         url = settings.redis_url
         self.broker: Broker = broker_for(url)
         self.hub = Hub(self.broker)
-        self.presence = PresenceService(
-            RedisPresenceStore(url) if url else MemoryPresenceStore(), self.hub
-        )
+        self.presence = PresenceService(presence_store_for(url), self.hub)
         self.authenticator = Authenticator(
             settings.secret_key.get_secret_value(),
             jwks=JwksKeys(

@@ -18,7 +18,7 @@ from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.broker.memory import MemoryBroker
 from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.hub import Hub, patient_topic
-from gateway.realtime.presence import Member, RedisPresenceStore
+from gateway.realtime.presence import Member, presence_store_for
 from protocol.frames import Pong
 from tests.conftest import RedisServer
 from tests.support import TIMEOUT_S
@@ -221,17 +221,18 @@ async def test_a_held_topic_carries_signals_but_counts_no_socket(
     await other.release(topic)
 
 
+@pytest.mark.parametrize("broker_url", ["redis", "cluster"], indirect=True)
 async def test_renewing_a_patient_whose_last_socket_just_left_is_a_no_op(
-    redis_server: RedisServer,
+    broker_url: str,
 ) -> None:
     # A renewal round takes its list of patients first; sockets may leave meanwhile.
-    store = RedisPresenceStore(redis_server.url)
+    store = presence_store_for(broker_url)
     patient = uuid.uuid4()
     try:
         member = Member("s1", "device", "phone", datetime.now(UTC))
-        await store.add(patient, member)
-        await store.remove(patient, "s1")
-        await store.renew(patient, ())  # redis-py refuses an HSET of nothing: not raised
+        assert await store.add(patient, member) == [member]
+        assert await store.remove(patient, "s1") == []
+        await store.renew(patient, ())  # Redis refuses an HSET of nothing: not raised
         assert await store.members(patient) == []
     finally:
         await store.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
 import pytest
@@ -122,6 +124,34 @@ async def test_presence_lists_the_patients_devices_as_they_come_and_go(gateway: 
     async with session(gateway.ws_url, patient_token(uuid.uuid4(), "tablet")) as (other, _):
         frame = await expect_presence(other, ["tablet"])  # another patient's devices stay apart
         assert frame["devices"] == ["tablet"]
+
+
+@pytest.mark.parametrize("gateway", [{"max_sockets_per_patient": 30}], indirect=True)
+async def test_a_crowd_joining_costs_each_device_a_couple_of_presence_frames(
+    gateway: Gateway,
+) -> None:
+    """At most one presence frame per patient per second: 20 devices joining at once
+    are one frame now and one with all of them after the second, not 20 each."""
+    patient = uuid.uuid4()
+    async with session(gateway.ws_url, patient_token(patient, "first")) as (first, _):
+        await expect_presence(first, ["first"])
+        crowd = [f"d{n:02}" for n in range(20)]
+        async with AsyncExitStack() as stack:
+            await asyncio.gather(
+                *(
+                    stack.enter_async_context(session(gateway.ws_url, patient_token(patient, d)))
+                    for d in crowd
+                )
+            )
+            frames: list[dict[str, Any]] = []
+            async with asyncio.timeout(TIMEOUT_S):
+                while not frames or len(frames[-1]["devices"]) < 21:
+                    frame = await recv(first, skip=())
+                    if frame["type"] == "presence":
+                        frames.append(frame)
+            assert frames[-1]["devices"] == sorted(["first", *crowd])
+            assert len(frames) <= 3
+            await expect_silence(first, seconds=1.2, skip=())  # and nothing more after
 
 
 @pytest.mark.parametrize("gateway", [{"send_queue_frames": 64, "heartbeat_s": 0.5}], indirect=True)

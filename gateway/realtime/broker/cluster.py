@@ -24,7 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from gateway.realtime.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
-from gateway.realtime.broker.commands import command_client
+from gateway.realtime.broker.commands import cluster_client
 from gateway.realtime.broker.link import (
     SUBSCRIBE_TIMEOUT_S,
     Confirmations,
@@ -34,7 +34,7 @@ from gateway.realtime.broker.link import (
     command,
     open_link,
 )
-from gateway.realtime.broker.publisher import REPLY_TIMEOUT_S, Publisher, PublishFailed
+from gateway.realtime.broker.publisher import REPLY_TIMEOUT_S, CommandFailed, Publisher
 from gateway.realtime.metrics import BROKER_PUBLISH_FAILURES
 from gateway.redis_address import ClusterAddress
 
@@ -61,7 +61,7 @@ class ClusterBroker:
 
     def __init__(self, url: str) -> None:
         self._address = ClusterAddress.parse(url)
-        self._client = command_client(url)  # pings
+        self._client = cluster_client(url)  # pings
         self._owners: list[Node] | None = None  # the master of each slot
         self._nodes: list[Node] = list(self._address.seeds)  # where to read the map
         self._publishers: dict[Node, Publisher] = {}
@@ -104,13 +104,13 @@ class ClusterBroker:
         try:
             try:
                 await self._publisher(await self._owner(topic)).publish(topic, message)
-            except PublishFailed as exc:
+            except CommandFailed as exc:
                 if not _redirected(exc):
                     raise
                 # The slot moved (a failover or a resharding): once more, on the new map.
                 await self._refresh()
                 await self._publisher(await self._owner(topic)).publish(topic, message)
-        except (PublishFailed, LinkLost, OSError, TimeoutError) as exc:
+        except (CommandFailed, LinkLost, OSError, TimeoutError) as exc:
             self._trouble.set()  # its master may be down: the map is worth re-reading
             BROKER_PUBLISH_FAILURES.labels(self.name).inc()
             log.warning("redis cluster publish failed: %s", type(exc).__name__)
@@ -143,7 +143,6 @@ class ClusterBroker:
             link.write(command(b"SUNSUBSCRIBE", topic.encode()))
 
     async def ping(self) -> None:
-        assert isinstance(self._client, RedisCluster)
         await self._client.ping(target_nodes=RedisCluster.RANDOM)
 
     # ---- the slot map ----------------------------------------------------------------

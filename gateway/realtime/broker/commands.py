@@ -20,15 +20,19 @@ def command_client(url: str) -> CommandClient:
     every connection is busy (a crowd of sockets joining at once). A cluster: redis-py's
     cluster client, which follows the slot map and fails over with the cluster."""
     if is_cluster(url):
-        address = ClusterAddress.parse(url)
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in address.seeds],
-            ssl=address.tls,
-            username=address.username,
-            password=address.password,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-        )
+        return cluster_client(url)
     pool = BlockingConnectionPool.from_url(
         url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+def cluster_client(url: str) -> RedisCluster:
+    address = ClusterAddress.parse(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.seeds],
+        ssl=address.tls,
+        username=address.username,
+        password=address.password,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )

@@ -72,6 +72,10 @@ class Link(asyncio.Protocol):
     def call(self, data: bytes) -> asyncio.Future[Reply]:
         """Send a command; the future gets its reply (replies come in command order)."""
         self.write(data)
+        return self.expect()
+
+    def expect(self) -> asyncio.Future[Reply]:
+        """The next reply not yet expected, for a command already written."""
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending.append(reply)
         return reply

@@ -1,10 +1,12 @@
-"""PUBLISH (or a cluster shard's SPUBLISH) over one pipelined Redis connection.
+"""Commands over one pipelined Redis connection: PUBLISH (or a cluster shard's SPUBLISH),
+and presence's few hash commands.
 
-This writes each PUBLISH straight onto one link as it comes and matches the integer
-replies in order, instead of taking a pooled connection per command: fewer allocations
-and no pool hand-offs, and one connection keeps this process's publishes in the order
-they were made. A publish returns once Redis has taken it; if the connection fails,
-every waiting publish raises and the next one reconnects.
+Each command is written straight onto one link as it comes and the replies are matched
+in order, instead of taking a pooled connection per command: fewer allocations and no
+pool hand-offs (redis-py's pool costs several times the command itself), and one
+connection keeps this process's commands in the order they were made. A call returns
+once Redis has answered; if the connection fails, every waiting call raises and the next
+one reconnects.
 """
 
 from __future__ import annotations
@@ -13,35 +15,40 @@ import asyncio
 
 import hiredis
 
-from gateway.realtime.broker.link import Link, LinkLost, command, open_link
+from gateway.realtime.broker.link import Link, LinkLost, Reply, command, open_link
 
 REPLY_TIMEOUT_S = 2.0
 
 
-class PublishFailed(Exception):
-    pass
+class CommandFailed(Exception):
+    """Redis could not be reached, did not answer in time, or refused the command."""
 
 
-class Publisher:
-    def __init__(self, url: str, verb: bytes = b"PUBLISH") -> None:
+class PipelinedCommands:
+    def __init__(self, url: str) -> None:
         self._url = url
-        self._verb = verb
         self._link: Link | None = None
         self._connecting = asyncio.Lock()
 
-    async def publish(self, channel: str, message: bytes) -> None:
+    async def call(self, *commands: tuple[bytes, ...]) -> list[Reply]:
+        """Send `commands` in one write; their replies, in order (CommandFailed if any is
+        an error)."""
         link = self._link if self._link is not None and self._link.open else await self._connect()
         try:
             async with asyncio.timeout(REPLY_TIMEOUT_S):
-                reply = await link.call(command(self._verb, channel.encode(), message))
+                link.write(b"".join(command(*parts) for parts in commands))
+                waits = [link.expect() for _ in commands]
+                replies = [await wait for wait in waits]
         except TimeoutError:
-            # A Redis that stops answering must not hold up writers (they wait on publishes).
+            # A Redis that stops answering must not hold up callers (writers wait on it).
             self._drop()
-            raise PublishFailed("no reply from redis") from None
+            raise CommandFailed("no reply from redis") from None
         except LinkLost as exc:
-            raise PublishFailed(str(exc)) from None
-        if isinstance(reply, hiredis.ReplyError):
-            raise PublishFailed(str(reply))
+            raise CommandFailed(str(exc)) from None
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise CommandFailed(str(reply))
+        return replies
 
     async def close(self) -> None:
         self._drop()
@@ -51,12 +58,25 @@ class Publisher:
             if self._link is None or not self._link.open:
                 try:
                     self._link = await open_link(self._url)
-                except LinkLost as exc:
-                    raise PublishFailed(str(exc)) from None
+                except (LinkLost, OSError, TimeoutError) as exc:
+                    raise CommandFailed(type(exc).__name__) from None
             return self._link
 
     def _drop(self) -> None:
-        """Forget the connection (what waits on it fails); the next publish reconnects."""
+        """Forget the connection (what waits on it fails); the next call reconnects."""
         if self._link is not None:
             self._link.close()
             self._link = None
+
+
+class Publisher:
+    def __init__(self, url: str, verb: bytes = b"PUBLISH") -> None:
+        self._commands = PipelinedCommands(url)
+        self._verb = verb
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Returns once Redis has taken the message; CommandFailed if it has not."""
+        await self._commands.call((self._verb, channel.encode(), message))
+
+    async def close(self) -> None:
+        await self._commands.close()

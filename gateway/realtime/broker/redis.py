@@ -28,7 +28,7 @@ from gateway.realtime.broker.link import (
     command,
     open_link,
 )
-from gateway.realtime.broker.publisher import Publisher, PublishFailed
+from gateway.realtime.broker.publisher import CommandFailed, Publisher
 from gateway.realtime.metrics import BROKER_PUBLISH_FAILURES
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class RedisBroker:
     async def publish(self, topic: str, message: bytes) -> None:
         try:
             await self._publisher.publish(topic, message)
-        except (PublishFailed, OSError, TimeoutError) as exc:
+        except (CommandFailed, OSError, TimeoutError) as exc:
             BROKER_PUBLISH_FAILURES.labels(self.name).inc()
             log.warning("redis publish failed: %s", type(exc).__name__)
             raise BrokerUnavailable("redis") from exc
