@@ -236,7 +236,7 @@ class Services:
     async def _ready_state(self, patient_id: UUID) -> tuple[int, list[ChatResume]]:
         """A socket's session.ready: the sync version and the streaming replies in one
         round trip, then the replies' text so far (realtime -> sync, chat)."""
-        async with self.db.acquire() as conn:
+        async with self.db.acquire(read_only=True) as conn:
             version, streaming = await ready_state(conn, patient_id)
         try:
             resumes = await self.chat.resumes.collect(patient_id, streaming)

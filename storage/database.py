@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +46,18 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+# Set while a connection goes back to the pool from a block that only read (see
+# Database.acquire): asyncpg runs the reset in a task that copies this context.
+_READ_ONLY: ContextVar[bool] = ContextVar("painar_read_only_release", default=False)
+
+
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     # What a connection can carry back to the pool here is an advisory lock (the change
     # log's patient lock is released this way, see apply_mutations); the gateway uses no
     # cursors, LISTEN or session settings, so asyncpg's fuller default reset is not needed.
-    await conn.execute("SELECT pg_advisory_unlock_all()")
+    # A block that only read took none: its round trip is saved (a connect pays one less).
+    if not _READ_ONLY.get():
+        await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
@@ -123,10 +131,12 @@ class Database:
             await self._pool.close()
 
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
+    async def acquire(self, *, read_only: bool = False) -> AsyncIterator[PoolConnectionProxy]:
         """A connection for `async with`, back to the pool on the way out; PoolExhausted
         when none is free within the acquire timeout, DatabaseUnavailable when the server
-        cannot be reached (then or while the block runs)."""
+        cannot be reached (then or while the block runs). `read_only`: the block runs
+        plain reads that take no lock and leave no session state, so the connection goes
+        back without the reset's round trip."""
         if self._pool is None:
             raise RuntimeError("the database is not open")
         try:
@@ -136,7 +146,10 @@ class Database:
         except Exception as exc:
             # Refused while the pool opened a connection ("not currently accepting
             # connections", too many connections, ...): the server cannot serve us now.
-            if _unreachable(exc) or isinstance(exc, asyncpg.PostgresError):
+            # asyncpg's pool can also trip over its own background reconnect then
+            # (InternalClientError: "connect() called while another connection exists").
+            refused = asyncpg.PostgresError | asyncpg.exceptions.InternalClientError
+            if _unreachable(exc) or isinstance(exc, refused):
                 raise DatabaseUnavailable from exc
             raise
         try:
@@ -146,11 +159,14 @@ class Database:
                 raise DatabaseUnavailable from exc
             raise
         finally:
+            released = _READ_ONLY.set(read_only)
             try:
                 await self._pool.release(conn)
             except Exception as exc:  # a connection that died cannot be reset: dropped
                 if not _unreachable(exc):
                     raise
+            finally:
+                _READ_ONLY.reset(released)
 
     def use(self) -> PoolUse:
         pool = self._pool

@@ -20,7 +20,7 @@ from storage.changes import (
     changes_since,
     current_version,
 )
-from storage.database import connect, create_pool
+from storage.database import Database, connect, create_pool
 
 
 def new_thread(title: str = "Back pain", mutation_id: str | None = None) -> Mutation:
@@ -265,5 +265,35 @@ async def test_a_held_write_keeps_the_patients_writers_waiting_until_release(
         await pool.release(first)
         async with asyncio.timeout(10):
             assert await waiting == 2
+    finally:
+        await pool.close()
+
+
+async def test_the_pool_lets_go_of_a_left_lock_except_after_a_read_only_block(
+    database_url: str,
+) -> None:
+    """The change log's patient lock is released by the pool's reset; a block that only
+    reads skips that round trip (session.ready's read does)."""
+    pool = Database(database_url, min_size=1, max_size=1)
+    await pool.open()
+
+    async def locks_held() -> int:
+        async with pool.acquire(read_only=True) as conn:
+            held: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            return held
+
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+        assert await locks_held() == 0
+        async with pool.acquire(read_only=True) as conn:
+            await conn.execute("SELECT pg_advisory_lock(4242)")  # breaking the promise, to see it
+        assert await locks_held() == 1
+        async with pool.acquire():
+            pass
+        assert await locks_held() == 0
     finally:
         await pool.close()
