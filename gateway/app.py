@@ -47,6 +47,7 @@ from gateway.observe.care_team import CareTeams
 from gateway.observe.config import ObserveConfig
 from gateway.observe.routes import AdminRoutes, ClinicianRoutes
 from gateway.observe.service import ObserveService
+from gateway.ops.batching import Batched
 from gateway.providers import NO_TRANSCRIPTION, Models, make_models
 from gateway.realtime import control
 from gateway.realtime.broker import Broker
@@ -66,7 +67,7 @@ from gateway.sync.writes import ChangeWriter
 from protocol.codec import ProtocolError
 from protocol.frames import ChatResume
 from storage.database import Database, DatabaseUnavailable, PoolExhausted
-from storage.replies import ready_state
+from storage.replies import ready_states
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Services:
         self.broker: Broker = broker_for(url)
         self.hub = Hub(self.broker)
         self.presence = PresenceService(presence_store_for(url), self.hub)
+        # session.ready's reads, made together while one is on its way (a reconnect storm)
+        self._ready_states = Batched(self._read_ready_states)
         self.authenticator = Authenticator(
             settings.secret_key.get_secret_value(),
             jwks=JwksKeys(
@@ -233,11 +236,17 @@ class Services:
         outcome = await self.chat.accept(request, ack=lambda _: None, notify=notify)
         return outcome if isinstance(outcome, ProtocolError) else None
 
+    async def _read_ready_states(
+        self, patient_ids: list[UUID]
+    ) -> dict[UUID, tuple[int, list[UUID]]]:
+        async with self.db.acquire(read_only=True) as conn:
+            return await ready_states(conn, patient_ids)
+
     async def _ready_state(self, patient_id: UUID) -> tuple[int, list[ChatResume]]:
         """A socket's session.ready: the sync version and the streaming replies in one
-        round trip, then the replies' text so far (realtime -> sync, chat)."""
-        async with self.db.acquire(read_only=True) as conn:
-            version, streaming = await ready_state(conn, patient_id)
+        round trip (shared with the sockets connecting meanwhile), then the replies' text
+        so far (realtime -> sync, chat)."""
+        version, streaming = await self._ready_states.get(patient_id)
         try:
             resumes = await self.chat.resumes.collect(patient_id, streaming)
         except Exception as exc:  # the replies still reach the device through sync

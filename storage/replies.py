@@ -8,6 +8,7 @@ holding it dies, and the holder renews it while the reply streams.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -102,19 +103,22 @@ async def streaming_replies(conn: Connection, patient_id: UUID) -> list[UUID]:
     return [row["response_id"] for row in rows]
 
 
-async def ready_state(conn: Connection, patient_id: UUID) -> tuple[int, list[UUID]]:
-    """What a socket's `session.ready` needs, in one round trip: the patient's latest sync
-    version and the response ids of their replies streaming now."""
-    row = await conn.fetchrow(
+async def ready_states(
+    conn: Connection, patient_ids: Sequence[UUID]
+) -> dict[UUID, tuple[int, list[UUID]]]:
+    """What `session.ready` needs for each patient, in one round trip for all of them:
+    the latest sync version and the response ids of the replies streaming now."""
+    rows = await conn.fetch(
         """
-        SELECT coalesce((SELECT sync_version FROM patients WHERE id = $1), 0) AS version,
+        SELECT p.id, coalesce(patients.sync_version, 0) AS version,
                ARRAY(SELECT response_id FROM reply_leases
-                     WHERE patient_id = $1 AND expires_at > now()) AS streaming
+                     WHERE patient_id = p.id AND expires_at > now()) AS streaming
+        FROM unnest($1::uuid[]) AS p(id)
+        LEFT JOIN patients ON patients.id = p.id
         """,
-        patient_id,
+        list(patient_ids),
     )
-    assert row is not None
-    return int(row["version"]), list(row["streaming"])
+    return {row["id"]: (int(row["version"]), list(row["streaming"])) for row in rows}
 
 
 async def recent_turns(
