@@ -211,6 +211,11 @@ class ClusterBroker:
             if placed == node:
                 del self._placed[topic]
                 self._orphans.add(topic)
+        # Unsubscribes sent on the lost link will not be answered.
+        owners = self._owners
+        for topic in tuple(self._unsubscribing):
+            if owners is None or owners[slot_of(topic)] == node:
+                del self._unsubscribing[topic]
         self._trouble.set()
 
     def _pushed(self, reply: Reply) -> None:
