@@ -9,11 +9,17 @@
 Then the same against two processes of the floor (bench/floor.py, a bare Starlette +
 redis-py relay) on the same Redis, and the ratios gateway ÷ floor.
 
+With CLUSTER=1, instead of the floor: the gateway on one Redis, then on a Redis Cluster of
+three masters (sharded pub/sub, tests/rediscluster.py makes it), and the ratios cluster ÷
+one Redis: what sharding costs a delivery. One patient's topic lives on one shard, so this
+measures cost, not the capacity more shards add (they would share these two cores).
+
 Frames are published the way a gateway's hub publishes them (an envelope on the
 patient's Redis channel). The clients (a lean raw-frame client, bench/_wsclient.py) run in this
 process, on the same 2 cores.
 
-    just bench fanout        (SOCKETS=250,500,1000 BURST=200 PACED_SECONDS=20 to change)
+    just bench fanout        (SOCKETS=250,500,1000 BURST=200 PACED_SECONDS=20 to change;
+                              CLUSTER=1 for one Redis against a cluster)
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from bench._harness import SECRET, cpu_seconds, floors, gateways, percentile, se
 from bench._results import rounded, save
 from bench._wsclient import open_client
 from gateway.auth import issue_token
-from gateway.realtime.broker.redis import RedisBroker
+from gateway.realtime.broker import Broker
+from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.hub import envelope, patient_topic
 from protocol.codec import encode
 from protocol.frames import ChatDelta
@@ -79,7 +86,7 @@ Wait = Callable[[int, float], Awaitable[None]]
 
 
 async def bursts(
-    publisher: RedisBroker,
+    publisher: Broker,
     topic: str,
     patient: uuid.UUID,
     clients: list[Client],
@@ -130,7 +137,7 @@ async def measure(label: str, procs: list[tuple[int, int]], redis_url: str) -> d
     patient = uuid.uuid4()
     clients: list[Client] = []
     connections = []
-    publisher = RedisBroker(redis_url)
+    publisher = broker_for(redis_url)
     topic = patient_topic(patient)
 
     async def wait_for(total: int, timeout: float) -> None:
@@ -139,7 +146,7 @@ async def measure(label: str, procs: list[tuple[int, int]], redis_url: str) -> d
             await asyncio.sleep(0.01)
 
     print(
-        f"{label}: sockets {', '.join(map(str, STEPS))} over 2 processes, Redis pub/sub, "
+        f"{label}: sockets {', '.join(map(str, STEPS))} over 2 processes, "
         f"{time.strftime('%Y-%m-%d')}",
         flush=True,
     )
@@ -194,31 +201,56 @@ def median(values: object) -> float:
     return float(statistics.median(values))
 
 
-async def run(dsn: str, redis_url: str) -> None:
+async def measure_gateway(label: str, dsn: str, redis_url: str) -> dict[str, object]:
     # One patient's sockets, far past the per-patient cap a deployment runs with.
     cap = str(max(STEPS) + 10)
     async with gateways(
         2, dsn, redis_url, SEND_QUEUE_FRAMES="5000", MAX_SOCKETS_PER_PATIENT=cap
     ) as procs:
-        gateway = await measure("gateway", procs, redis_url)
+        return await measure(label, procs, redis_url)
+
+
+def print_ratios(name: str, ours: dict[str, object], theirs: dict[str, object]) -> None:
+    for a, b in zip(ours["bursts"], theirs["bursts"], strict=True):  # type: ignore[call-overload]
+        print(
+            f"ratio {name} at {a['sockets']} sockets: deliveries/s "
+            f"{median(a['deliveries_per_s']) / median(b['deliveries_per_s']):.2f}, "
+            f"CPU per delivery "
+            f"{median(a['cpu_us_per_delivery']) / median(b['cpu_us_per_delivery']):.2f}"
+        )
+    paced = ours["paced"]["p99_ms"] / theirs["paced"]["p99_ms"]  # type: ignore[index]
+    print(f"ratio {name}, paced p99: {paced:.2f}")
+
+
+async def run(dsn: str, redis_url: str) -> None:
+    gateway = await measure_gateway("gateway", dsn, redis_url)
     # The floor (bench/floor.py) on the same Redis, right after: the ratio is the figure.
     async with floors(2, redis_url) as procs:
         floor = await measure("floor", procs, redis_url)
-    for ours, theirs in zip(gateway["bursts"], floor["bursts"], strict=True):  # type: ignore[call-overload]
-        print(
-            f"ratio gateway ÷ floor at {ours['sockets']} sockets: deliveries/s "
-            f"{median(ours['deliveries_per_s']) / median(theirs['deliveries_per_s']):.2f}, "
-            f"CPU per delivery "
-            f"{median(ours['cpu_us_per_delivery']) / median(theirs['cpu_us_per_delivery']):.2f}"
-        )
-    paced = gateway["paced"]["p99_ms"] / floor["paced"]["p99_ms"]  # type: ignore[index]
-    print(f"ratio gateway ÷ floor, paced p99: {paced:.2f}")
+    print_ratios("gateway ÷ floor", gateway, floor)
     save("fanout", {"gateway": gateway, "floor": floor})
+
+
+async def run_cluster(dsn: str, redis_url: str, cluster_url: str) -> None:
+    single = await measure_gateway("gateway, one Redis", dsn, redis_url)
+    sharded = await measure_gateway("gateway, Redis Cluster", dsn, cluster_url)
+    print_ratios("cluster ÷ one Redis", sharded, single)
+    save("fanout-cluster", {"single": single, "cluster": sharded})
 
 
 def main() -> None:
     with services() as (dsn, redis_url, _):
-        asyncio.run(run(dsn, redis_url))
+        if os.environ.get("CLUSTER") != "1":
+            asyncio.run(run(dsn, redis_url))
+            return
+        from tests.rediscluster import RedisClusterNodes
+
+        cluster = RedisClusterNodes(masters=3, replicas=0)
+        try:
+            cluster.start()
+            asyncio.run(run_cluster(dsn, redis_url, cluster.url))
+        finally:
+            cluster.stop()
 
 
 if __name__ == "__main__":
