@@ -23,10 +23,17 @@ import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from gateway.realtime.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
+from gateway.realtime.broker import MessageHandler, RecoveryHandler
 from gateway.realtime.broker.commands import cluster_client
+from gateway.realtime.broker.failures import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    first_connection,
+    hand_on,
+    publish_failed,
+    stop,
+)
 from gateway.realtime.broker.link import (
-    SUBSCRIBE_TIMEOUT_S,
     Confirmations,
     Link,
     LinkLost,
@@ -35,13 +42,10 @@ from gateway.realtime.broker.link import (
     open_link,
 )
 from gateway.realtime.broker.publisher import REPLY_TIMEOUT_S, CommandFailed, Publisher
-from gateway.realtime.metrics import BROKER_PUBLISH_FAILURES
 from gateway.redis_address import ClusterAddress
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 2.0
 SLOTS = 16384
 
 Node = tuple[str, int]
@@ -83,16 +87,10 @@ class ClusterBroker:
     async def start(self, on_message: MessageHandler, on_recovered: RecoveryHandler) -> None:
         self._on_message = on_message
         self._supervisor = asyncio.create_task(self._supervise(on_recovered))
-        try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                await self._mapped.wait()
-        except TimeoutError:
-            log.warning("redis cluster not reachable yet; retrying in the background")
+        await first_connection(self._mapped, self.name)
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await stop(self._supervisor)
         links, self._links = self._links, {}
         for link in links.values():
             link.close()
@@ -112,9 +110,7 @@ class ClusterBroker:
                 await self._publisher(await self._owner(topic)).publish(topic, message)
         except (CommandFailed, LinkLost, OSError, TimeoutError) as exc:
             self._trouble.set()  # its master may be down: the map is worth re-reading
-            BROKER_PUBLISH_FAILURES.labels(self.name).inc()
-            log.warning("redis cluster publish failed: %s", type(exc).__name__)
-            raise BrokerUnavailable("redis cluster") from exc
+            raise publish_failed(self.name, exc) from exc
 
     async def subscribe(self, topic: str) -> None:
         self._topics.add(topic)
@@ -230,11 +226,7 @@ class ClusterBroker:
             return
         kind, channel = reply[0], reply[1].decode()
         if kind == b"smessage":
-            assert self._on_message is not None
-            try:
-                self._on_message(channel, reply[2])
-            except Exception:  # one bad delivery must not take the link down
-                log.exception("delivering a broker message failed")
+            hand_on(self._on_message, channel, reply[2])
         elif kind == b"ssubscribe":
             self._confirmations.confirm(channel)
         elif kind == b"sunsubscribe":

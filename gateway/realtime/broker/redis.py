@@ -17,10 +17,17 @@ import uuid
 
 import hiredis
 
-from gateway.realtime.broker import BrokerUnavailable, MessageHandler, RecoveryHandler
+from gateway.realtime.broker import MessageHandler, RecoveryHandler
 from gateway.realtime.broker.commands import command_client
+from gateway.realtime.broker.failures import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    first_connection,
+    hand_on,
+    publish_failed,
+    stop,
+)
 from gateway.realtime.broker.link import (
-    SUBSCRIBE_TIMEOUT_S,
     Confirmations,
     Link,
     LinkLost,
@@ -29,12 +36,8 @@ from gateway.realtime.broker.link import (
     open_link,
 )
 from gateway.realtime.broker.publisher import CommandFailed, Publisher
-from gateway.realtime.metrics import BROKER_PUBLISH_FAILURES
 
 log = logging.getLogger(__name__)
-
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 2.0
 
 
 class RedisBroker:
@@ -55,16 +58,10 @@ class RedisBroker:
     async def start(self, on_message: MessageHandler, on_recovered: RecoveryHandler) -> None:
         self._on_message = on_message
         self._reader = asyncio.create_task(self._read(on_recovered))
-        try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                await self._connected.wait()
-        except TimeoutError:
-            log.warning("redis broker not reachable yet; retrying in the background")
+        await first_connection(self._connected, self.name)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        await stop(self._reader)
         await self._publisher.close()
         await self._client.aclose()
 
@@ -72,9 +69,7 @@ class RedisBroker:
         try:
             await self._publisher.publish(topic, message)
         except (CommandFailed, OSError, TimeoutError) as exc:
-            BROKER_PUBLISH_FAILURES.labels(self.name).inc()
-            log.warning("redis publish failed: %s", type(exc).__name__)
-            raise BrokerUnavailable("redis") from exc
+            raise publish_failed(self.name, exc) from exc
 
     async def subscribe(self, topic: str) -> None:
         self._topics.add(topic)
@@ -104,11 +99,7 @@ class RedisBroker:
             return
         kind, channel = reply[0], reply[1].decode()
         if kind == b"message":
-            assert self._on_message is not None
-            try:
-                self._on_message(channel, reply[2])
-            except Exception:  # one bad delivery must not take the link down
-                log.exception("delivering a broker message failed")
+            hand_on(self._on_message, channel, reply[2])
         elif kind == b"subscribe":
             self._confirmations.confirm(channel)
 
