@@ -151,11 +151,28 @@ class RedisClusterNodes:
             time.sleep(0.05)
 
     def master_of(self, channel: str) -> int:
-        slot = key_slot(channel.encode())
-        for first, last, nodes in self.slots():
-            if first <= slot <= last:
-                return nodes[0]
-        raise LookupError(f"no master serves slot {slot}")
+        return self._owner(key_slot(channel.encode()), self.live_ports()[0])
+
+    def move_slot(self, slot: int, to: int) -> None:
+        """Move `slot` (and any keys in it) to the master at port `to`, as a resharding
+        does, and wait until every node agrees."""
+        source = next(nodes[0] for first, last, nodes in self.slots() if first <= slot <= last)
+        source_id, target_id = (self._cli(p, "CLUSTER", "MYID").strip() for p in (source, to))
+        self._cli(to, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        self._cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        keys = self._cli(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000").split()
+        if keys:
+            self._cli(source, "MIGRATE", "127.0.0.1", str(to), "", "0", "5000", "KEYS", *keys)
+        for port in dict.fromkeys([to, source, *self.masters()]):
+            self._cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(self._owner(slot, p) != to for p in self.live_ports()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not agree on slot {slot}'s move")
+            time.sleep(0.05)
+
+    def _owner(self, slot: int, asked: int) -> int:
+        return next(n[0] for first, last, n in self.slots(asked) if first <= slot <= last)
 
     def kill(self, port: int) -> None:
         """SIGKILL, as a crashed host would go."""

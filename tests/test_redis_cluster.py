@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection
 
 from gateway.realtime.hub import patient_topic
@@ -125,6 +126,33 @@ async def test_the_last_socket_of_a_patient_releases_its_shard_subscription(
             return await redis_cluster.shard_subscribers(topic) == 0
 
         await eventually(released, what="the last socket to unsubscribe")
+
+
+async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
+    database_url: str, redis_cluster: RedisClusterNodes
+) -> None:
+    patient = uuid.uuid4()
+    topic = patient_topic(patient)
+    settings = make_settings(redis_url=redis_cluster.url)
+    async with serve_gateway(settings, database_url) as gateway:
+        async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
+            await gateway.services.hub.publish(topic, delta(patient, 0))
+            assert (await recv(ws))["seq"] == 0
+            source = redis_cluster.master_of(topic)
+            target = next(port for port in redis_cluster.masters() if port != source)
+            await asyncio.to_thread(redis_cluster.move_slot, key_slot(topic.encode()), target)
+
+            # The old master dropped the subscription; the process subscribed at the new
+            # one and tells the device to check its version (messages may have been missed).
+            notice = await recv(ws)
+            assert notice == {
+                "type": "sync.version",
+                "patient_id": str(patient),
+                "version": ready["sync_version"],
+            }
+            assert await redis_cluster.shard_subscribers(topic) == 1  # at the new master
+            await gateway.services.hub.publish(topic, delta(patient, 1))
+            assert (await recv(ws))["seq"] == 1
 
 
 async def test_a_killed_master_fails_over_and_its_patients_devices_catch_up(

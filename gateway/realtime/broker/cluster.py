@@ -105,8 +105,10 @@ class ClusterBroker:
             except CommandFailed as exc:
                 if not _redirected(exc):
                     raise
-                # The slot moved (a failover or a resharding): once more, on the new map.
+                # The slot moved (a failover or a resharding): once more, on the new map,
+                # and the subscriptions follow it.
                 await self._refresh()
+                self._trouble.set()
                 await self._publisher(await self._owner(topic)).publish(topic, message)
         except (CommandFailed, LinkLost, OSError, TimeoutError) as exc:
             self._trouble.set()  # its master may be down: the map is worth re-reading
@@ -133,7 +135,12 @@ class ClusterBroker:
         self._topics.discard(topic)
         self._orphans.discard(topic)
         node = self._placed.pop(topic, None)
-        link = self._links.get(node) if node is not None else None
+        if node is not None:
+            self._forget(topic, node)
+
+    def _forget(self, topic: str, node: Node) -> None:
+        """Unsubscribe `topic` at `node` (if still connected); the answer is ours."""
+        link = self._links.get(node)
         if link is not None and link.open:
             self._unsubscribing[topic] = self._unsubscribing.get(topic, 0) + 1
             link.write(command(b"SUNSUBSCRIBE", topic.encode()))
@@ -279,8 +286,13 @@ class ClusterBroker:
             slot = slot_of(topic)
             node = self._owners[slot]
             link = self._links.get(node)
-            if self._placed.get(topic) == node and link is not None and link.open:
+            placed = self._placed.get(topic)
+            if placed == node and link is not None and link.open:
                 continue
+            if placed is not None:  # its slot moved while we listened at the old master
+                del self._placed[topic]
+                self._orphans.add(topic)
+                self._forget(topic, placed)
             wanted.setdefault(node, {}).setdefault(slot, []).append(topic)
         for node, by_slot in wanted.items():
             link = await self._link(node)
