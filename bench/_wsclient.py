@@ -20,7 +20,9 @@ class ClientProtocol(asyncio.Protocol):
     def __init__(self, token: str, on_text: Callable[[bytes], None]) -> None:
         self.token = token
         self.on_text = on_text
-        self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.upgraded: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()  # the connection ended
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
 
@@ -39,6 +41,8 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
             self.upgraded.set_exception(ConnectionError("closed before the upgrade"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
