@@ -18,7 +18,7 @@ from gateway.realtime.hub import patient_topic
 from protocol.frames import ChatDelta
 from tests.conftest import gateway_process
 from tests.rediscluster import RedisClusterNodes
-from tests.support import TIMEOUT_S, eventually, make_settings, serve_gateway
+from tests.support import TIMEOUT_S, Gateway, eventually, make_settings, serve_gateway
 from tests.wsclient import expect_presence, expect_silence, patient_token, recv, send, session
 
 
@@ -29,6 +29,15 @@ async def cluster_process(
     """A gateway process on the cluster; yields its WebSocket URL."""
     async with gateway_process(database_url, redis_cluster.url, tmp_path / "b.log") as (_, url):
         yield url
+
+
+@pytest.fixture
+async def gateway_on_cluster(
+    database_url: str, redis_cluster: RedisClusterNodes
+) -> AsyncIterator[Gateway]:
+    """The app under uvicorn in this process, its REDIS_URL the cluster."""
+    async with serve_gateway(make_settings(redis_url=redis_cluster.url), database_url) as gateway:
+        yield gateway
 
 
 def patients_on_every_master(cluster: RedisClusterNodes, each: int) -> list[uuid.UUID]:
@@ -66,11 +75,11 @@ async def acked(ws: ClientConnection, ref: str) -> dict[str, Any]:
 
 
 async def test_frames_reach_each_patients_sockets_on_both_processes_through_their_shard(
-    database_url: str, redis_cluster: RedisClusterNodes, cluster_process: str
+    gateway_on_cluster: Gateway, redis_cluster: RedisClusterNodes, cluster_process: str
 ) -> None:
     patients = patients_on_every_master(redis_cluster, 2)
-    settings = make_settings(redis_url=redis_cluster.url)
-    async with serve_gateway(settings, database_url) as first, AsyncExitStack() as stack:
+    first = gateway_on_cluster
+    async with AsyncExitStack() as stack:
         sockets = []
         for patient in patients:
             for device, url in (("a", first.ws_url), ("b", cluster_process)):
@@ -93,66 +102,63 @@ async def test_frames_reach_each_patients_sockets_on_both_processes_through_thei
 
 
 async def test_a_push_on_one_process_reaches_the_other_and_presence_spans_them(
-    database_url: str, redis_cluster: RedisClusterNodes, cluster_process: str
+    gateway_on_cluster: Gateway, redis_cluster: RedisClusterNodes, cluster_process: str
 ) -> None:
     patient, thread = uuid.uuid4(), str(uuid.uuid4())
-    settings = make_settings(redis_url=redis_cluster.url)
-    async with serve_gateway(settings, database_url) as first:
-        async with session(first.ws_url, patient_token(patient, "headset")) as (a, _):
-            await expect_presence(a, ["headset"])
-            async with session(cluster_process, patient_token(patient, "phone")) as (b, _):
-                await expect_presence(a, ["headset", "phone"])
-                await expect_presence(b, ["headset", "phone"])
-                await send(a, thread_upsert(1, thread, "first"))
-                delta = await recv(b, skip=("presence",))
-                assert delta["type"] == "sync.delta" and delta["version"] == 1
-                assert delta["changes"][0]["data"]["title"] == "first"
-            await expect_presence(a, ["headset"])
+    first = gateway_on_cluster
+    async with session(first.ws_url, patient_token(patient, "headset")) as (a, _):
+        await expect_presence(a, ["headset"])
+        async with session(cluster_process, patient_token(patient, "phone")) as (b, _):
+            await expect_presence(a, ["headset", "phone"])
+            await expect_presence(b, ["headset", "phone"])
+            await send(a, thread_upsert(1, thread, "first"))
+            delta = await recv(b, skip=("presence",))
+            assert delta["type"] == "sync.delta" and delta["version"] == 1
+            assert delta["changes"][0]["data"]["title"] == "first"
+        await expect_presence(a, ["headset"])
 
 
 async def test_the_last_socket_of_a_patient_releases_its_shard_subscription(
-    database_url: str, redis_cluster: RedisClusterNodes
+    gateway_on_cluster: Gateway, redis_cluster: RedisClusterNodes
 ) -> None:
     patient = uuid.uuid4()
     topic = patient_topic(patient)
-    settings = make_settings(redis_url=redis_cluster.url)
-    async with serve_gateway(settings, database_url) as gateway:
-        async with session(gateway.ws_url, patient_token(patient, "a")):
-            async with session(gateway.ws_url, patient_token(patient, "b")):
-                assert await redis_cluster.shard_subscribers(topic) == 1
+    gateway = gateway_on_cluster
+    async with session(gateway.ws_url, patient_token(patient, "a")):
+        async with session(gateway.ws_url, patient_token(patient, "b")):
             assert await redis_cluster.shard_subscribers(topic) == 1
+        assert await redis_cluster.shard_subscribers(topic) == 1
 
-        async def released() -> bool:
-            return await redis_cluster.shard_subscribers(topic) == 0
+    async def released() -> bool:
+        return await redis_cluster.shard_subscribers(topic) == 0
 
-        await eventually(released, what="the last socket to unsubscribe")
+    await eventually(released, what="the last socket to unsubscribe")
 
 
 async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
-    database_url: str, redis_cluster: RedisClusterNodes
+    gateway_on_cluster: Gateway, redis_cluster: RedisClusterNodes
 ) -> None:
     patient = uuid.uuid4()
     topic = patient_topic(patient)
-    settings = make_settings(redis_url=redis_cluster.url)
-    async with serve_gateway(settings, database_url) as gateway:
-        async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
-            await gateway.services.hub.publish(topic, delta(patient, 0))
-            assert (await recv(ws))["seq"] == 0
-            source = redis_cluster.master_of(topic)
-            target = next(port for port in redis_cluster.masters() if port != source)
-            await asyncio.to_thread(redis_cluster.move_slot, key_slot(topic.encode()), target)
+    gateway = gateway_on_cluster
+    async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
+        await gateway.services.hub.publish(topic, delta(patient, 0))
+        assert (await recv(ws))["seq"] == 0
+        source = redis_cluster.master_of(topic)
+        target = next(port for port in redis_cluster.masters() if port != source)
+        await asyncio.to_thread(redis_cluster.move_slot, key_slot(topic.encode()), target)
 
-            # The old master dropped the subscription; the process subscribed at the new
-            # one and tells the device to check its version (messages may have been missed).
-            notice = await recv(ws)
-            assert notice == {
-                "type": "sync.version",
-                "patient_id": str(patient),
-                "version": ready["sync_version"],
-            }
-            assert await redis_cluster.shard_subscribers(topic) == 1  # at the new master
-            await gateway.services.hub.publish(topic, delta(patient, 1))
-            assert (await recv(ws))["seq"] == 1
+        # The old master dropped the subscription; the process subscribed at the new
+        # one and tells the device to check its version (messages may have been missed).
+        notice = await recv(ws)
+        assert notice == {
+            "type": "sync.version",
+            "patient_id": str(patient),
+            "version": ready["sync_version"],
+        }
+        assert await redis_cluster.shard_subscribers(topic) == 1  # at the new master
+        await gateway.services.hub.publish(topic, delta(patient, 1))
+        assert (await recv(ws))["seq"] == 1
 
 
 async def test_a_killed_master_fails_over_and_its_patients_devices_catch_up(
