@@ -54,7 +54,8 @@ from gateway.realtime.broker import Broker
 from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.endpoint import WS_PATH, websocket_endpoint
 from gateway.realtime.hub import Hub
-from gateway.realtime.presence import PresenceService, presence_store_for
+from gateway.realtime.presence import PresenceService
+from gateway.realtime.presence_stores import presence_store_for
 from gateway.realtime.revocations import RevocationWatcher
 from gateway.realtime.router import Router
 from gateway.realtime.service import RealtimeConfig, RealtimeService

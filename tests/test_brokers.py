@@ -18,7 +18,7 @@ from gateway.realtime.broker.choose import broker_for
 from gateway.realtime.broker.memory import MemoryBroker
 from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.hub import Hub, patient_topic
-from gateway.realtime.presence import Member, presence_store_for
+from gateway.realtime.presence_stores import Member, presence_store_for
 from protocol.frames import Pong
 from tests.conftest import RedisServer
 from tests.support import TIMEOUT_S

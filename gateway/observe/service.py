@@ -24,7 +24,8 @@ from gateway.observe.config import ObserveConfig
 from gateway.observe.metrics import OBSERVATIONS, OBSERVE_DENIALS
 from gateway.observe.observation import Observation, VersionOf
 from gateway.realtime.hub import Hub, patient_topic
-from gateway.realtime.presence import Member, PresenceService
+from gateway.realtime.presence import PresenceService
+from gateway.realtime.presence_stores import Member
 from gateway.realtime.router import Peer
 from protocol.codec import ProtocolError
 from protocol.codes import ErrorCode

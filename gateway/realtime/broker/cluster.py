@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 import hiredis
 from redis.asyncio.cluster import RedisCluster
@@ -95,7 +96,7 @@ class ClusterBroker:
         for link in links.values():
             link.close()
         for publisher in self._publishers.values():
-            await publisher.close()
+            publisher.close()
         await self._client.aclose()
 
     async def publish(self, topic: str, message: bytes) -> None:
@@ -110,7 +111,7 @@ class ClusterBroker:
                 await self._refresh()
                 self._trouble.set()
                 await self._publisher(await self._owner(topic)).publish(topic, message)
-        except (CommandFailed, LinkLost, OSError, TimeoutError) as exc:
+        except (CommandFailed, LinkLost) as exc:  # LinkLost: no node gave a slot map
             self._trouble.set()  # its master may be down: the map is worth re-reading
             raise publish_failed(self.name, exc) from exc
 
@@ -209,7 +210,7 @@ class ClusterBroker:
         del self._links[node]
         stale = self._publishers.pop(node, None)
         if stale is not None:
-            asyncio.get_running_loop().create_task(stale.close())
+            stale.close()
         for topic, placed in tuple(self._placed.items()):
             if placed == node:
                 del self._placed[topic]
@@ -315,9 +316,9 @@ def _slot_map(reply: Reply, asked: Node) -> tuple[list[Node], list[Node]] | None
         named = [_endpoint(server, asked) for server in servers]
         owners[start : end + 1] = [named[0]] * (end - start + 1)
         nodes.extend(named)
-    if any(owner is None for owner in owners):
+    if None in owners:
         return None
-    return [owner for owner in owners if owner is not None], list(dict.fromkeys(nodes))
+    return cast(list[Node], owners), list(dict.fromkeys(nodes))
 
 
 def _endpoint(server: list[Reply], asked: Node) -> Node:

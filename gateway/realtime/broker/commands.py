@@ -1,26 +1,21 @@
-"""A redis-py client for ordinary commands (presence, readiness pings), for one Redis or
-a Redis Cluster, as `REDIS_URL` says."""
+"""redis-py clients for the few commands off the hot path (readiness pings; a cluster's
+presence): one for a single Redis, one for a Redis Cluster."""
 
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from gateway.redis_address import ClusterAddress, is_cluster
+from gateway.redis_address import ClusterAddress
 
-POOL_SIZE = 32  # connections per process (per node of a cluster) for commands
+POOL_SIZE = 32  # connections per process for commands
 POOL_WAIT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 
-CommandClient = Redis | RedisCluster
 
-
-def command_client(url: str) -> CommandClient:
-    """One Redis: a pool that is bounded and makes callers wait rather than fail when
-    every connection is busy (a crowd of sockets joining at once). A cluster: redis-py's
-    cluster client, which follows the slot map and fails over with the cluster."""
-    if is_cluster(url):
-        return cluster_client(url)
+def redis_client(url: str) -> Redis:
+    """A pool that is bounded and makes callers wait rather than fail when every
+    connection is busy."""
     pool = BlockingConnectionPool.from_url(
         url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2
     )
@@ -28,6 +23,7 @@ def command_client(url: str) -> CommandClient:
 
 
 def cluster_client(url: str) -> RedisCluster:
+    """redis-py's cluster client, which follows the slot map and fails over with it."""
     address = ClusterAddress.parse(url)
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in address.seeds],

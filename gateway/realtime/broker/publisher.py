@@ -50,7 +50,7 @@ class PipelinedCommands:
                 raise CommandFailed(str(reply))
         return replies
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self._drop()
 
     async def _connect(self) -> Link:
@@ -78,5 +78,5 @@ class Publisher:
         """Returns once Redis has taken the message; CommandFailed if it has not."""
         await self._commands.call((self._verb, channel.encode(), message))
 
-    async def close(self) -> None:
-        await self._commands.close()
+    def close(self) -> None:
+        self._commands.close()

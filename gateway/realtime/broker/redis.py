@@ -18,7 +18,7 @@ import uuid
 import hiredis
 
 from gateway.realtime.broker import MessageHandler, RecoveryHandler
-from gateway.realtime.broker.commands import command_client
+from gateway.realtime.broker.commands import redis_client
 from gateway.realtime.broker.failures import (
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
@@ -45,7 +45,7 @@ class RedisBroker:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._client = command_client(url)  # pings
+        self._client = redis_client(url)  # pings
         self._publisher = Publisher(url)
         self._control = f"painar:gateway:{uuid.uuid4()}"
         self._topics: set[str] = set()
@@ -62,13 +62,13 @@ class RedisBroker:
 
     async def close(self) -> None:
         await stop(self._reader)
-        await self._publisher.close()
+        self._publisher.close()
         await self._client.aclose()
 
     async def publish(self, topic: str, message: bytes) -> None:
         try:
             await self._publisher.publish(topic, message)
-        except (CommandFailed, OSError, TimeoutError) as exc:
+        except CommandFailed as exc:
             raise publish_failed(self.name, exc) from exc
 
     async def subscribe(self, topic: str) -> None:
