@@ -191,6 +191,9 @@ async def test_a_killed_master_fails_over_and_its_patients_devices_catch_up(
             # latest version is; the device pulls what it missed.
             notice = await recv(headset, timeout=TIMEOUT_S * 2, skip=("presence",))
             assert notice == {"type": "sync.version", "patient_id": str(patient), "version": 2}
+            # The phone's process lost its link to that master too, and has found the new one.
+            notice = await recv(phone, timeout=TIMEOUT_S * 2, skip=("presence",))
+            assert notice == {"type": "sync.version", "patient_id": str(patient), "version": 2}
             # Live again through the promoted replica.
             await send(phone, thread_upsert(3, thread, "after"))
             delta = await recv(headset, skip=("presence", "sync.version"))

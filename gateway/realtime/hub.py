@@ -27,7 +27,8 @@ from typing import Protocol
 from uuid import UUID
 
 from gateway import tracing
-from gateway.realtime.broker import Broker
+from gateway.realtime.broker import Broker, BrokerUnavailable
+from gateway.realtime.broker.failures import BACKOFF_MAX_S, BACKOFF_MIN_S, stop
 from gateway.realtime.metrics import FANOUT_LATENCY, FRAMES_OUT, SYNC_PUSH_TO_DELIVERY
 from protocol.codec import encode
 from protocol.frames import ServerFrame
@@ -44,6 +45,9 @@ _TRACED = 1
 # Signals travel like frames but are handled by the process, not sent to sockets:
 # (topic, payload).
 SignalHandler = Callable[[str, bytes], None]
+
+# A publish on the topic failed: every process subscribed to it catches its listeners up.
+CATCH_UP_SIGNAL = "hub.catch-up"
 
 
 class Listener(Protocol):
@@ -81,16 +85,21 @@ class Hub:
         self._topics: dict[str, set[Listener]] = {}
         self._holds: dict[str, int] = {}  # topics kept subscribed without a listener
         self._subscribing: dict[str, asyncio.Task[None]] = {}
-        self._signal_handlers: dict[str, SignalHandler] = {}
+        self._signal_handlers: dict[str, SignalHandler] = {
+            CATCH_UP_SIGNAL: lambda topic, _: self._recovered((topic,))
+        }
         self._published = 0  # sequence of this hub's last publish
         # By topic, the sequence of the last own publish the broker handed back.
         self._came_back: dict[str, int] = {}
         self._echo_waits: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._missed: set[str] = set()  # topics a publish failed on, not yet told so
+        self._announcer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._recovered)
 
     async def close(self) -> None:
+        await stop(self._announcer)
         await self.broker.close()
 
     def on_signal(self, name: str, handler: SignalHandler) -> None:
@@ -158,8 +167,33 @@ class Hub:
         self._published += 1
         seq = self._published
         trace = tracing.wire_context()
-        await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq, trace))
+        try:
+            await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq, trace))
+        except BrokerUnavailable:
+            self._missed.add(topic)
+            if self._announcer is None or self._announcer.done():
+                self._announcer = asyncio.create_task(self._announce_missed())
+            raise
         return seq
+
+    async def _announce_missed(self) -> None:
+        """Tell every topic a publish failed on, once the broker takes publishes again, that
+        its listeners may have missed something; each subscribed process then catches them
+        up from the database, as after a broker restart. Only the publisher knows: the
+        subscribers' links may never have dropped (a cluster publisher with a stale slot
+        map, a publish connection that timed out alone)."""
+        backoff = BACKOFF_MIN_S
+        while self._missed:
+            await asyncio.sleep(backoff)
+            topics = tuple(self._missed)
+            self._missed.difference_update(topics)
+            notice = envelope(CATCH_UP_SIGNAL, b"")
+            outcomes = await asyncio.gather(
+                *(self.broker.publish(topic, notice) for topic in topics), return_exceptions=True
+            )
+            failed = [t for t, o in zip(topics, outcomes, strict=True) if isinstance(o, Exception)]
+            self._missed.update(failed)
+            backoff = min(backoff * 2, BACKOFF_MAX_S) if failed else BACKOFF_MIN_S
 
     async def _subscribed(self, topic: str) -> None:
         if topic not in self._subscribing and self._interest(topic) == 1:

@@ -101,18 +101,20 @@ class ClusterBroker:
 
     async def publish(self, topic: str, message: bytes) -> None:
         try:
+            owner = await self._owner(topic)
             try:
-                await self._publisher(await self._owner(topic)).publish(topic, message)
-            except CommandFailed as exc:
-                if not _redirected(exc):
-                    raise
-                # The slot moved (a failover or a resharding): once more, on the new map,
-                # and the subscriptions follow it.
-                await self._refresh()
+                await self._publisher(owner).publish(topic, message)
+            except CommandFailed:
+                # Redirected, or the master is unreachable: the slot may have moved (a
+                # resharding, a failover this process has not seen yet). Once more if the
+                # map now says so; the subscriptions follow it.
                 self._trouble.set()
-                await self._publisher(await self._owner(topic)).publish(topic, message)
+                await self._refresh()
+                moved_to = await self._owner(topic)
+                if moved_to == owner:
+                    raise
+                await self._publisher(moved_to).publish(topic, message)
         except (CommandFailed, LinkLost) as exc:  # LinkLost: no node gave a slot map
-            self._trouble.set()  # its master may be down: the map is worth re-reading
             raise publish_failed(self.name, exc) from exc
 
     async def subscribe(self, topic: str) -> None:
