@@ -14,7 +14,9 @@ import pytest
 from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection
 
-from gateway.realtime.hub import patient_topic
+from gateway.realtime.broker.cluster import ClusterBroker
+from gateway.realtime.hub import envelope, patient_topic
+from protocol.codec import encode
 from protocol.frames import ChatDelta
 from tests.conftest import gateway_process
 from tests.rediscluster import RedisClusterNodes
@@ -141,9 +143,14 @@ async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
     patient = uuid.uuid4()
     topic = patient_topic(patient)
     gateway = gateway_on_cluster
+    # A publisher that is not subscribed to the topic: nothing tells it of the move
+    # until the old master answers its next publish MOVED.
+    bystander = ClusterBroker(redis_cluster.url)
     async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
         await gateway.services.hub.publish(topic, delta(patient, 0))
         assert (await recv(ws))["seq"] == 0
+        await bystander.publish(topic, envelope("chat.delta", encode(delta(patient, 1))))
+        assert (await recv(ws))["seq"] == 1
         source = redis_cluster.master_of(topic)
         target = next(port for port in redis_cluster.masters() if port != source)
         await asyncio.to_thread(redis_cluster.move_slot, key_slot(topic.encode()), target)
@@ -157,8 +164,13 @@ async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
             "version": ready["sync_version"],
         }
         assert await redis_cluster.shard_subscribers(topic) == 1  # at the new master
-        await gateway.services.hub.publish(topic, delta(patient, 1))
-        assert (await recv(ws))["seq"] == 1
+        await gateway.services.hub.publish(topic, delta(patient, 2))
+        assert (await recv(ws))["seq"] == 2
+        try:
+            await bystander.publish(topic, envelope("chat.delta", encode(delta(patient, 3))))
+        finally:
+            await bystander.close()
+        assert (await recv(ws))["seq"] == 3
 
 
 async def test_a_killed_master_fails_over_and_its_patients_devices_catch_up(
