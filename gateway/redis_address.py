@@ -1,14 +1,19 @@
 """What `REDIS_URL` names: one Redis (redis://, rediss://, unix://) or a Redis Cluster
-(redis+cluster://, rediss+cluster://) given by one or more seed nodes."""
+(redis+cluster://, rediss+cluster://) given by one or more seed nodes. Over TLS the
+server's certificate is verified against the system's CAs and, when the URL names one
+(`?ssl_ca_certs=/path/ca.pem`, redis-py's name for it), a private CA's."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+TLS_SCHEMES = ("rediss", "rediss+cluster")
 DEFAULT_PORT = 6379
+CA_PARAMETER = "ssl_ca_certs"
 
 
 def is_cluster(url: str) -> bool:
@@ -21,6 +26,7 @@ class ClusterAddress:
     tls: bool
     username: str | None
     password: str | None
+    ca_file: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> ClusterAddress:
@@ -39,6 +45,7 @@ class ClusterAddress:
             tls=parts.scheme == "rediss+cluster",
             username=unquote(username) or None,
             password=unquote(password) or None,
+            ca_file=ca_file(url),
         )
 
     def node_url(self, host: str, port: int) -> str:
@@ -48,7 +55,14 @@ class ClusterAddress:
         if self.password is not None:
             credentials = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
         host = f"[{host}]" if ":" in host else host
-        return f"{scheme}://{credentials}{host}:{port}"
+        query = f"?{CA_PARAMETER}={quote(self.ca_file, safe='/')}" if self.ca_file else ""
+        return f"{scheme}://{credentials}{host}:{port}{query}"
+
+
+def ca_file(url: str) -> str | None:
+    """The private CA a TLS URL names, if any."""
+    values = parse_qs(urlsplit(url).query).get(CA_PARAMETER)
+    return values[-1] if values else None
 
 
 def _host_port(seed: str) -> tuple[str, int]:
@@ -65,10 +79,19 @@ def _host_port(seed: str) -> tuple[str, int]:
 
 def validate(url: str) -> None:
     """Raise ValueError unless `url` is a Redis URI the gateway can use."""
-    scheme = urlsplit(url).scheme
-    if scheme in CLUSTER_SCHEMES:
+    parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
         ClusterAddress.parse(url)
-    elif scheme not in SINGLE_SCHEMES:
+    elif parts.scheme not in SINGLE_SCHEMES:
         raise ValueError(
             "must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URI"
         )
+    unknown = sorted(set(parse_qs(parts.query)) - {CA_PARAMETER})
+    if unknown:
+        raise ValueError(f"takes no query parameter but {CA_PARAMETER} (given: {unknown[0]})")
+    ca = ca_file(url)
+    if ca is not None:
+        if parts.scheme not in TLS_SCHEMES:
+            raise ValueError(f"{CA_PARAMETER} needs TLS: rediss:// or rediss+cluster://")
+        if not os.path.isfile(ca):
+            raise ValueError(f"{CA_PARAMETER} names no readable file: {ca}")

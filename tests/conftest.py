@@ -38,6 +38,7 @@ from tests.support import (
     wait_ready,
     with_database,
 )
+from tests.tlscerts import TlsFiles
 
 pytest_plugins = [
     "tests.chatkit",  # the fake model server and a gateway using it
@@ -142,10 +143,17 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server process of the test's own, on a unix socket."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         self.socket = directory / "redis.sock"
         self.url = f"unix://{self.socket}"
         self.password = password
+        self._tls_arguments: list[str] = []
+        if tls is not None:  # the gateway over TLS; the unix socket for the helpers
+            port = free_port()
+            self.url = f"rediss://127.0.0.1:{port}?ssl_ca_certs={tls.ca}"
+            self._tls_arguments = ["--tls-port", str(port), *tls.server_arguments()]
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -164,6 +172,7 @@ class RedisServer:
                 "--dir",
                 str(self.socket.parent),
                 *(["--requirepass", self.password] if self.password else []),
+                *self._tls_arguments,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,5 +1,8 @@
 """A real Redis Cluster on loopback for the suites: three masters, each with a replica,
-made by `redis-cli --cluster create` from `redis-server --cluster-enabled yes` processes."""
+made by `redis-cli --cluster create` from `redis-server --cluster-enabled yes` processes.
+With TLS files the nodes also listen for TLS (and talk to each other over it): the
+gateway gets the TLS ports, the helpers here keep the plain ones (a node tells each
+client the ports of its own kind)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from tests.support import TIMEOUT_S
+from tests.tlscerts import TlsFiles
 
 NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its replica takes over
 
@@ -43,15 +47,20 @@ def _cluster_port() -> int:
 
 
 class RedisClusterNodes:
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, tls: TlsFiles | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
         self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
+        self._tls = tls
+        self._tls_ports = {p: _cluster_port() for p in self.ports} if tls else {}
         self._replicas = replicas
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
         """Two seed nodes, as a deployment would name them."""
+        if self._tls is not None:
+            seeds = ",".join(f"127.0.0.1:{self._tls_ports[p]}" for p in self.ports[:2])
+            return f"rediss+cluster://{seeds}?ssl_ca_certs={self._tls.ca}"
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
 
     def start(self) -> None:
@@ -63,12 +72,14 @@ class RedisClusterNodes:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"redis node {port} did not start")
                 time.sleep(0.02)
+        tls = ["--tls", "--cacert", str(self._tls.ca)] if self._tls else []
         subprocess.run(
             [
                 _binary("redis-cli"),
+                *tls,
                 "--cluster",
                 "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
+                *(f"127.0.0.1:{self._tls_ports.get(p, p)}" for p in self.ports),
                 "--cluster-replicas",
                 str(self._replicas),
                 "--cluster-yes",
@@ -101,10 +112,27 @@ class RedisClusterNodes:
                 "0",
                 "--dir",
                 str(self.directory),
+                *self._tls_arguments(port),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    def _tls_arguments(self, port: int) -> list[str]:
+        if self._tls is None:
+            return []
+        tls_port = self._tls_ports[port]
+        return [
+            "--tls-port",
+            str(tls_port),
+            "--cluster-port",  # the bus, over TLS
+            str(tls_port + 10000),
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            *self._tls.server_arguments(),
+        ]
 
     def _cli(self, port: int, *args: str) -> str:
         done = subprocess.run(

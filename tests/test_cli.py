@@ -50,6 +50,9 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         ({"REDIS_URL": "redis+cluster://"}, "REDIS_URL"),  # no node
         ({"REDIS_URL": "redis+cluster://10.0.0.1:7000,10.0.0.2:port"}, "REDIS_URL"),
         ({"REDIS_URL": "rediss+cluster://:6379"}, "REDIS_URL"),  # no host
+        ({"REDIS_URL": "redis://r:6379?ssl_ca_certs=/etc/hostname"}, "REDIS_URL"),  # no TLS
+        ({"REDIS_URL": "rediss://r:6380?ssl_ca_certs=/nonexistent/ca.pem"}, "REDIS_URL"),
+        ({"REDIS_URL": "rediss://r:6380?ssl_cert_reqs=none"}, "REDIS_URL"),  # unverified: no
         ({"OPENAI_BASE_URL": "localhost:8080"}, "OPENAI_BASE_URL"),
         ({"SENTRY_DSN": "not a url"}, "SENTRY_DSN"),
         ({"DEBUG": "perhaps"}, "DEBUG"),

@@ -28,6 +28,7 @@ def cluster_client(url: str) -> RedisCluster:
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in address.seeds],
         ssl=address.tls,
+        ssl_ca_certs=address.ca_file,
         username=address.username,
         password=address.password,
         socket_connect_timeout=CONNECT_TIMEOUT_S,

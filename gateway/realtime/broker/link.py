@@ -11,6 +11,7 @@ the subscriber takes them over for pushed messages.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -126,6 +127,16 @@ class Confirmations:
             confirmed.set_result(None)
 
 
+@functools.cache
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifies the server against the system's CAs and `ca_file`'s (made once: loading
+    the system's store takes milliseconds)."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 async def open_link(url: str) -> Link:
     """Connect to the Redis at `url` (redis://, rediss:// or unix://) and authenticate."""
     options: dict[str, Any] = dict(parse_url(url))
@@ -140,7 +151,7 @@ async def open_link(url: str) -> Link:
                 Link,
                 options.get("host", "localhost"),
                 options.get("port", 6379),
-                ssl=ssl.create_default_context() if tls else None,
+                ssl=tls_context(options.get("ssl_ca_certs")) if tls else None,
             )
         try:
             if options.get("password"):
