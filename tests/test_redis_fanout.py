@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from contextlib import AsyncExitStack
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from gateway.realtime.broker import BrokerUnavailable
 from gateway.realtime.broker.redis import RedisBroker
-from gateway.realtime.hub import envelope, patient_topic
+from gateway.realtime.hub import Hub, envelope, patient_topic
 from protocol.codec import encode
 from protocol.frames import ChatDelta
 from tests.conftest import RedisServer
@@ -88,32 +91,67 @@ async def test_delivery_resumes_after_redis_restarts(
             assert (await recv(ws, skip=("sync.version",)))["seq"] == 2
 
 
-async def test_a_publish_that_failed_while_subscribers_stayed_connected_is_caught_up(
+async def test_publishes_that_failed_while_subscribers_stayed_connected_are_caught_up(
     database_url: str, redis_server: RedisServer
 ) -> None:
-    # Redis holds every publish for a while (CLIENT PAUSE WRITE): the publish times out
-    # and is lost, yet the subscriber's link never drops, so only the publisher knows.
-    patient = uuid.uuid4()
+    # Redis holds every publish for a while (CLIENT PAUSE WRITE): the publishes time out
+    # and are lost, yet the subscribers' link never drops, so only the publisher knows.
+    patients = [uuid.uuid4() for _ in range(3)]
     settings = make_settings(redis_url=redis_server.url)
     redis = Redis.from_url(redis_server.url)
     try:
-        async with serve_gateway(settings, database_url) as gateway:
-            async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
-                topic = patient_topic(patient)
-                await redis.client_pause(3000, all=False)  # WRITE: PUBLISH waits
-                with pytest.raises(BrokerUnavailable):
-                    await gateway.services.hub.publish(topic, delta(patient, 1))
-                # Once Redis takes publishes again the socket is told to catch up.
+        async with serve_gateway(settings, database_url) as gateway, AsyncExitStack() as stack:
+            hub = gateway.services.hub
+            sockets = [
+                await stack.enter_async_context(session(gateway.ws_url, patient_token(p)))
+                for p in patients
+            ]
+            await redis.client_pause(3000, all=False)  # WRITE: PUBLISH waits
+            failed = await asyncio.gather(
+                *(hub.publish(patient_topic(p), delta(p, 1)) for p in patients),
+                return_exceptions=True,
+            )
+            assert all(isinstance(outcome, BrokerUnavailable) for outcome in failed)
+            # Once Redis takes publishes again each patient's socket is told to catch up.
+            for patient, (ws, ready) in zip(patients, sockets, strict=True):
                 notice = await recv(ws, timeout=TIMEOUT_S, skip=("presence",))
                 assert notice == {
                     "type": "sync.version",
                     "patient_id": str(patient),
                     "version": ready["sync_version"],
                 }
-                await gateway.services.hub.publish(topic, delta(patient, 2))
-                assert (await recv(ws, skip=("presence", "sync.version")))["seq"] == 2
+            await hub.publish(patient_topic(patients[0]), delta(patients[0], 2))
+            assert (await recv(sockets[0][0], skip=("presence", "sync.version")))["seq"] == 2
     finally:
         await redis.aclose()
+
+
+async def test_while_redis_is_down_a_publisher_probes_it_with_one_announcement_a_round(
+    redis_server: RedisServer,
+) -> None:
+    hub = Hub(RedisBroker(redis_server.url))
+    await hub.start()
+
+    def failures() -> float:
+        value = REGISTRY.get_sample_value("broker_publish_failures_total", {"broker": "redis"})
+        return value or 0.0
+
+    try:
+        redis_server.stop()
+        before = failures()
+        for n in range(20):
+            with pytest.raises(BrokerUnavailable):
+                await hub.signal(f"patient:{uuid.UUID(int=n)}", "test.signal")
+        assert failures() == before + 20
+
+        async def retried_thrice() -> bool:
+            return failures() >= before + 23
+
+        await eventually(retried_thrice, what="three rounds of announcements")
+        # One topic a round (rounds 50 ms, 100 ms, 200 ms ... apart), not all 20 each time.
+        assert failures() < before + 30
+    finally:
+        await hub.close()
 
 
 async def test_presence_spans_gateway_processes(

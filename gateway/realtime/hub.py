@@ -92,7 +92,9 @@ class Hub:
         # By topic, the sequence of the last own publish the broker handed back.
         self._came_back: dict[str, int] = {}
         self._echo_waits: list[tuple[str, int, asyncio.Future[None]]] = []
-        self._missed: set[str] = set()  # topics a publish failed on, not yet told so
+        # Topics a publish failed on, not yet told so (a dict: ordered, so a topic that
+        # failed again goes to the back).
+        self._missed: dict[str, None] = {}
         self._announcer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -170,7 +172,7 @@ class Hub:
         try:
             await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq, trace))
         except BrokerUnavailable:
-            self._missed.add(topic)
+            self._missed[topic] = None
             if self._announcer is None or self._announcer.done():
                 self._announcer = asyncio.create_task(self._announce_missed())
             raise
@@ -181,19 +183,27 @@ class Hub:
         its listeners may have missed something; each subscribed process then catches them
         up from the database, as after a broker restart. Only the publisher knows: the
         subscribers' links may never have dropped (a cluster publisher with a stale slot
-        map, a publish connection that timed out alone)."""
+        map, a publish connection that timed out alone). One topic probes the broker each
+        round, so an outage costs one attempt per round, not one per topic."""
         backoff = BACKOFF_MIN_S
         while self._missed:
             await asyncio.sleep(backoff)
-            topics = tuple(self._missed)
-            self._missed.difference_update(topics)
-            notice = envelope(CATCH_UP_SIGNAL, b"")
-            outcomes = await asyncio.gather(
-                *(self.broker.publish(topic, notice) for topic in topics), return_exceptions=True
-            )
-            failed = [t for t, o in zip(topics, outcomes, strict=True) if isinstance(o, Exception)]
-            self._missed.update(failed)
-            backoff = min(backoff * 2, BACKOFF_MAX_S) if failed else BACKOFF_MIN_S
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            if not await self._announce(next(iter(self._missed))):
+                continue
+            rest = tuple(self._missed)
+            told = await asyncio.gather(*(self._announce(topic) for topic in rest))
+            if all(told):
+                backoff = BACKOFF_MIN_S
+
+    async def _announce(self, topic: str) -> bool:
+        self._missed.pop(topic, None)
+        try:
+            await self.broker.publish(topic, envelope(CATCH_UP_SIGNAL, b""))
+        except BrokerUnavailable:
+            self._missed[topic] = None  # at the back: in a cluster, others may be served
+            return False
+        return True
 
     async def _subscribed(self, topic: str) -> None:
         if topic not in self._subscribing and self._interest(topic) == 1:
