@@ -57,7 +57,8 @@ def slot_of(topic: str) -> int:
 
 
 def _redirected(error: object) -> bool:
-    """A MOVED or ASK answer: the slot is served by another master."""
+    """A MOVED or ASK answer: the slot is served by another master. (Shard channels get
+    no ASK during a migration, but a subscription refused either way is redone.)"""
     return str(error).startswith(("MOVED", "ASK"))
 
 
