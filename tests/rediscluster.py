@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import shutil
 import signal
 import socket
@@ -177,6 +178,15 @@ class RedisClusterNodes:
             if time.monotonic() > deadline:
                 raise RuntimeError("the redis cluster did not become healthy")
             time.sleep(0.05)
+
+    def slot_map_reads(self) -> int:
+        """CLUSTER SLOTS commands the live nodes have answered."""
+        total = 0
+        for port in self.live_ports():
+            stats = self._cli(port, "INFO", "commandstats")
+            found = re.search(r"^cmdstat_cluster\|slots:calls=(\d+)", stats, re.M)
+            total += int(found[1]) if found else 0
+        return total
 
     def master_of(self, channel: str) -> int:
         return self._owner(key_slot(channel.encode()), self.live_ports()[0])

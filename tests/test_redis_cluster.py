@@ -173,6 +173,25 @@ async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
         assert (await recv(ws))["seq"] == 3
 
 
+async def test_publishes_refused_together_after_a_move_share_one_read_of_the_slot_map(
+    redis_cluster: RedisClusterNodes,
+) -> None:
+    topic = patient_topic(uuid.uuid4())
+    publisher = ClusterBroker(redis_cluster.url)
+    try:
+        await publisher.publish(topic, b"before")  # reads the map
+        source = redis_cluster.master_of(topic)
+        target = next(port for port in redis_cluster.masters() if port != source)
+        await asyncio.to_thread(redis_cluster.move_slot, key_slot(topic.encode()), target)
+        before = redis_cluster.slot_map_reads()
+        # Twenty writes answered MOVED at once: each goes again to the new master...
+        await asyncio.gather(*(publisher.publish(topic, b"after") for _ in range(20)))
+        # ...after one read of the map between them, not twenty.
+        assert redis_cluster.slot_map_reads() - before <= 2
+    finally:
+        await publisher.close()
+
+
 async def test_a_killed_master_fails_over_and_its_patients_devices_catch_up(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import cast
 
 import hiredis
@@ -74,6 +75,7 @@ class ClusterBroker:
         self._links: dict[Node, Link] = {}  # subscriber links, by master
         self._opening = asyncio.Lock()
         self._refreshing = asyncio.Lock()
+        self._refreshed_at = float("-inf")  # when the slot map was last read (monotonic)
         self._topics: set[str] = set()  # wanted
         self._placed: dict[str, Node] = {}  # subscribed (confirmed), and where
         self._orphans: set[str] = set()  # wanted, and messages may have been missed
@@ -162,8 +164,12 @@ class ClusterBroker:
 
     async def _refresh(self) -> None:
         """Read the slot map from the first node that answers with one covering every
-        slot; LinkLost if none does."""
+        slot; LinkLost if none does. Not again if another caller read it after this call
+        was made: publishes refused together (a failover) share one read."""
+        asked = time.monotonic()
         async with self._refreshing:
+            if self._refreshed_at > asked:
+                return
             refusal = ""
             for node in tuple(dict.fromkeys([*self._nodes, *self._address.seeds])):
                 try:
@@ -176,6 +182,7 @@ class ClusterBroker:
                 mapped = _slot_map(reply, node)
                 if mapped is not None:
                     self._owners, self._nodes = mapped
+                    self._refreshed_at = time.monotonic()
                     return
             raise LinkLost(f"no redis cluster node answered with a full slot map{refusal}")
 
