@@ -41,7 +41,9 @@ class Link(asyncio.Protocol):
         self._parser = hiredis.Reader()
         self._pending: deque[asyncio.Future[Reply]] = deque()
         self.on_reply: Callable[[Reply], None] = self._answer
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._corked: list[bytes] | None = None  # written this turn of the loop, not yet sent
 
     # ---- asyncio.Protocol ------------------------------------------------------------
 
@@ -66,9 +68,20 @@ class Link(asyncio.Protocol):
         return self._transport is not None
 
     def write(self, data: bytes) -> None:
+        """Queue `data`; what is written in one turn of the event loop goes out in one
+        send (a storm of connects makes thousands of small commands at once)."""
         if self._transport is None:
             raise LinkLost("connection to redis lost")
-        self._transport.write(data)
+        if self._corked is None:
+            self._corked = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._corked.append(data)
+
+    def _flush(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self._transport is not None:
+            self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def call(self, data: bytes) -> asyncio.Future[Reply]:
         """Send a command; the future gets its reply (replies come in command order)."""
@@ -83,6 +96,7 @@ class Link(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
+            self._flush()
             self._transport.close()
 
     def _answer(self, reply: Reply) -> None:
