@@ -1,12 +1,12 @@
 """Commands over one pipelined Redis connection: PUBLISH (or a cluster shard's SPUBLISH),
 and presence's few hash commands.
 
-Each command is written straight onto one link as it comes and the replies are matched
-in order, instead of taking a pooled connection per command: fewer allocations and no
-pool hand-offs (redis-py's pool costs several times the command itself), and one
-connection keeps this process's commands in the order they were made. A call returns
-once Redis has answered; if the connection fails, every waiting call raises and the next
-one reconnects.
+Each command is written onto one link as it comes (the link sends what one turn of the
+event loop wrote together) and the replies are matched in order, instead of taking a
+pooled connection per command: fewer allocations and no pool hand-offs (redis-py's pool
+costs several times the command itself), and one connection keeps this process's
+commands in the order they were made. A call returns once Redis has answered; if the
+connection fails, every waiting call raises and the next one reconnects.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class PipelinedCommands:
         self._connecting = asyncio.Lock()
 
     async def call(self, *commands: tuple[bytes, ...]) -> list[Reply]:
-        """Send `commands` in one write; their replies, in order (CommandFailed if any is
+        """Send `commands` together; their replies, in order (CommandFailed if any is
         an error)."""
         link = self._link if self._link is not None and self._link.open else await self._connect()
         try:
