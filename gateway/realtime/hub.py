@@ -46,9 +46,6 @@ _TRACED = 1
 # (topic, payload).
 SignalHandler = Callable[[str, bytes], None]
 
-# A publish on the topic failed: every process subscribed to it catches its listeners up.
-CATCH_UP_SIGNAL = "hub.catch-up"
-
 
 class Listener(Protocol):
     def deliver(self, text: str) -> None:
@@ -85,16 +82,14 @@ class Hub:
         self._topics: dict[str, set[Listener]] = {}
         self._holds: dict[str, int] = {}  # topics kept subscribed without a listener
         self._subscribing: dict[str, asyncio.Task[None]] = {}
-        self._signal_handlers: dict[str, SignalHandler] = {
-            CATCH_UP_SIGNAL: lambda topic, _: self._recovered((topic,))
-        }
+        self._signal_handlers: dict[str, SignalHandler] = {}
         self._published = 0  # sequence of this hub's last publish
         # By topic, the sequence of the last own publish the broker handed back.
         self._came_back: dict[str, int] = {}
         self._echo_waits: list[tuple[str, int, asyncio.Future[None]]] = []
-        # Topics a publish failed on, not yet told so (a dict: ordered, so a topic that
-        # failed again goes to the back).
-        self._missed: dict[str, None] = {}
+        # Frames to publish once the broker takes publishes again, by topic (ordered: a
+        # topic whose frame failed again goes to the back).
+        self._announcements: dict[str, tuple[str, bytes]] = {}
         self._announcer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -169,39 +164,41 @@ class Hub:
         self._published += 1
         seq = self._published
         trace = tracing.wire_context()
-        try:
-            await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq, trace))
-        except BrokerUnavailable:
-            self._missed[topic] = None
-            if self._announcer is None or self._announcer.done():
-                self._announcer = asyncio.create_task(self._announce_missed())
-            raise
+        await self.broker.publish(topic, envelope(kind, payload, origin, self.id, seq, trace))
         return seq
 
-    async def _announce_missed(self) -> None:
-        """Tell every topic a publish failed on, once the broker takes publishes again, that
-        its listeners may have missed something; each subscribed process then catches them
-        up from the database, as after a broker restart. Only the publisher knows: the
-        subscribers' links may never have dropped (a cluster publisher with a stale slot
-        map, a publish connection that timed out alone). One topic probes the broker each
+    def announce(self, topic: str, frame: ServerFrame) -> None:
+        """Publish `frame` on `topic` as soon as the broker takes publishes again (a
+        publish on it just failed): retried with backoff; a later announcement on the
+        topic replaces this one. While the broker is down one topic probes it each
         round, so an outage costs one attempt per round, not one per topic."""
+        self._announcements.pop(topic, None)
+        self._announcements[topic] = (frame.type, encode(frame))
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._announce_all())
+
+    async def _announce_all(self) -> None:
         backoff = BACKOFF_MIN_S
-        while self._missed:
+        while self._announcements:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
-            if not await self._announce(next(iter(self._missed))):
+            if not await self._announce(next(iter(self._announcements))):
                 continue
-            rest = tuple(self._missed)
+            rest = tuple(self._announcements)
             told = await asyncio.gather(*(self._announce(topic) for topic in rest))
             if all(told):
                 backoff = BACKOFF_MIN_S
 
     async def _announce(self, topic: str) -> bool:
-        self._missed.pop(topic, None)
+        announcement = self._announcements.pop(topic, None)
+        if announcement is None:
+            return True
         try:
-            await self.broker.publish(topic, envelope(CATCH_UP_SIGNAL, b""))
+            await self.broker.publish(topic, envelope(*announcement))
         except BrokerUnavailable:
-            self._missed[topic] = None  # at the back: in a cluster, others may be served
+            # At the back, unless a newer one came meanwhile: in a cluster, other
+            # topics' masters may be serving.
+            self._announcements.setdefault(topic, announcement)
             return False
         return True
 

@@ -4,8 +4,10 @@ then publish the committed changes as one `sync.delta` on the patient's topic.
 Publishing happens after the commit, under a per-patient advisory lock held from before
 the write until after the publish: two writers of one patient (on any processes)
 commit and publish in the same order, so every socket sees the patient's deltas in
-version order. If the broker is down, the changes are stored all the same; sockets get
-`sync.version` when the link recovers and pull what they missed.
+version order. If the publish fails, the changes are stored all the same and the
+patient's sockets get `sync.version` and pull what they missed: when their own link to
+the broker recovers, and when this process can publish again (its announcement, for
+sockets whose link never dropped).
 
 Other features write through `ChangeWriter` too (chat stores messages and replies with
 it): this module is sync's interface to them.
@@ -22,7 +24,7 @@ from uuid import UUID
 from gateway import tracing
 from gateway.realtime.broker import BrokerUnavailable
 from gateway.realtime.hub import Hub, patient_topic
-from protocol.frames import Change, ServerFrame, SyncDelta
+from protocol.frames import Change, ServerFrame, SyncDelta, SyncVersion
 from storage.changes import Change as StoredChange
 from storage.changes import Mutation, WriteResult, apply_mutations
 from storage.database import Connection, Database
@@ -82,7 +84,12 @@ class ChangeWriter:
                         await self.hub.publish(topic, frame, origin)
                 except BrokerUnavailable:
                     span.set(outcome="broker_unavailable")
-                    # stored; clients catch up through sync.version and sync.pull
+                    # Stored. The other devices' links may never have dropped, so nothing
+                    # else tells them: once Redis takes publishes again they get the
+                    # write's version, and pull.
+                    self.hub.announce(
+                        topic, SyncVersion(patient_id=patient_id, version=result.version)
+                    )
         return result
 
 
