@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
 
 import httpx
 from starlette.applications import Starlette
@@ -19,6 +20,7 @@ from starlette.applications import Starlette
 from gateway.app import Services, create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings
+from protocol.frames import ChatDelta
 from storage.database import Connection
 
 # Every wait in the suite is bounded by a multiple of this; raise it on slow machines.
@@ -193,3 +195,14 @@ async def wait_ready(port: int, timeout: float, what: str) -> None:
             return response.status_code == 200
 
         await eventually(ready, timeout=timeout, what=what)
+
+
+def chat_delta(patient: UUID, seq: int, text: str = "word ") -> ChatDelta:
+    """A reply's delta for the patient, as a hub publishes it."""
+    return ChatDelta(
+        patient_id=patient,
+        thread_id=UUID(int=1),
+        response_id=UUID(int=2),
+        seq=seq,
+        delta=text,
+    )

@@ -13,8 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.realtime.hub import patient_topic
-from protocol.frames import ChatDelta
-from tests.support import TIMEOUT_S, Gateway, eventually, sample
+from tests.support import TIMEOUT_S, Gateway, chat_delta, eventually, sample
 from tests.test_heartbeat import RawSocket
 from tests.wsclient import (
     expect_close,
@@ -27,16 +26,6 @@ from tests.wsclient import (
 )
 
 
-def delta(patient: uuid.UUID, seq: int, text: str = "word ") -> ChatDelta:
-    return ChatDelta(
-        patient_id=patient,
-        thread_id=uuid.UUID(int=1),
-        response_id=uuid.UUID(int=2),
-        seq=seq,
-        delta=text,
-    )
-
-
 async def test_a_patients_frames_reach_all_their_sockets_in_order_and_no_one_else(
     gateway: Gateway,
 ) -> None:
@@ -47,7 +36,7 @@ async def test_a_patients_frames_reach_all_their_sockets_in_order_and_no_one_els
         session(gateway.ws_url, patient_token(other, "phone")) as (stranger, _),
     ):
         for seq in range(50):
-            await gateway.services.hub.publish(patient_topic(patient), delta(patient, seq))
+            await gateway.services.hub.publish(patient_topic(patient), chat_delta(patient, seq))
         for ws in (headset, phone):
             seqs = [(await recv(ws))["seq"] for _ in range(50)]
             assert seqs == list(range(50))
@@ -76,7 +65,9 @@ async def test_a_socket_that_stops_reading_is_closed_1013_and_others_keep_up(
 
         reader = asyncio.create_task(read_fast())
         for seq in range(400):
-            await gateway.services.hub.publish(patient_topic(patient), delta(patient, seq, big))
+            await gateway.services.hub.publish(
+                patient_topic(patient), chat_delta(patient, seq, big)
+            )
             await asyncio.sleep(0)  # let the sockets' send loops run between publishes
         async with asyncio.timeout(TIMEOUT_S):
             await reader
@@ -168,7 +159,9 @@ async def test_a_peer_that_neither_reads_nor_answers_is_let_go(gateway: Gateway)
         await eventually(registered, what="the stalled socket's session")
         big = "x" * 60_000
         for seq in range(400):  # far more than the socket buffers hold
-            await gateway.services.hub.publish(patient_topic(patient), delta(patient, seq, big))
+            await gateway.services.hub.publish(
+                patient_topic(patient), chat_delta(patient, seq, big)
+            )
             await asyncio.sleep(0)
 
         async def let_go() -> bool:

@@ -17,11 +17,25 @@ from websockets.asyncio.client import ClientConnection
 from gateway.realtime.broker.cluster import ClusterBroker
 from gateway.realtime.hub import envelope, patient_topic
 from protocol.codec import encode
-from protocol.frames import ChatDelta
 from tests.conftest import gateway_process
 from tests.rediscluster import RedisClusterNodes
-from tests.support import TIMEOUT_S, Gateway, eventually, make_settings, serve_gateway
-from tests.wsclient import expect_presence, expect_silence, patient_token, recv, send, session
+from tests.support import (
+    TIMEOUT_S,
+    Gateway,
+    chat_delta,
+    eventually,
+    make_settings,
+    serve_gateway,
+)
+from tests.wsclient import (
+    expect_presence,
+    expect_silence,
+    patient_token,
+    recv,
+    send,
+    session,
+    thread_upsert,
+)
 
 
 @pytest.fixture
@@ -53,22 +67,6 @@ def patients_on_every_master(cluster: RedisClusterNodes, each: int) -> list[uuid
     return [patient for patients in chosen.values() for patient in patients]
 
 
-def delta(patient: uuid.UUID, seq: int) -> ChatDelta:
-    ids = uuid.UUID(int=1)
-    return ChatDelta(patient_id=patient, thread_id=ids, response_id=ids, seq=seq, delta="w ")
-
-
-def thread_upsert(n: int, thread: str, title: str) -> dict[str, Any]:
-    mutation = {
-        "mutation_id": f"m{n}",
-        "entity": "thread",
-        "op": "upsert",
-        "id": thread,
-        "data": {"title": title},
-    }
-    return {"type": "sync.push", "id": f"p{n}", "mutations": [mutation]}
-
-
 async def acked(ws: ClientConnection, ref: str) -> dict[str, Any]:
     while True:
         frame = await recv(ws, skip=("presence", "sync.delta", "sync.version"))
@@ -94,7 +92,7 @@ async def test_frames_reach_each_patients_sockets_on_both_processes_through_thei
             assert await redis_cluster.shard_subscribers(topic) == 2
             assert await redis_cluster.classic_subscribers(topic) == 0
             for seq in range(20):
-                await first.services.hub.publish(topic, delta(patient, seq))
+                await first.services.hub.publish(topic, chat_delta(patient, seq))
         for patient, ws in sockets:
             frames = [await recv(ws) for _ in range(20)]
             assert [(f["patient_id"], f["seq"]) for f in frames] == [
@@ -147,9 +145,9 @@ async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
     # until the old master answers its next publish MOVED.
     bystander = ClusterBroker(redis_cluster.url)
     async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
-        await gateway.services.hub.publish(topic, delta(patient, 0))
+        await gateway.services.hub.publish(topic, chat_delta(patient, 0))
         assert (await recv(ws))["seq"] == 0
-        await bystander.publish(topic, envelope("chat.delta", encode(delta(patient, 1))))
+        await bystander.publish(topic, envelope("chat.delta", encode(chat_delta(patient, 1))))
         assert (await recv(ws))["seq"] == 1
         source = redis_cluster.master_of(topic)
         target = next(port for port in redis_cluster.masters() if port != source)
@@ -164,10 +162,10 @@ async def test_a_topic_whose_slot_moves_to_another_master_follows_it(
             "version": ready["sync_version"],
         }
         assert await redis_cluster.shard_subscribers(topic) == 1  # at the new master
-        await gateway.services.hub.publish(topic, delta(patient, 2))
+        await gateway.services.hub.publish(topic, chat_delta(patient, 2))
         assert (await recv(ws))["seq"] == 2
         try:
-            await bystander.publish(topic, envelope("chat.delta", encode(delta(patient, 3))))
+            await bystander.publish(topic, envelope("chat.delta", encode(chat_delta(patient, 3))))
         finally:
             await bystander.close()
         assert (await recv(ws))["seq"] == 3

@@ -13,21 +13,24 @@ from gateway.realtime.broker import BrokerUnavailable
 from gateway.realtime.broker.redis import RedisBroker
 from gateway.realtime.hub import Hub, envelope, patient_topic
 from protocol.codec import encode
-from protocol.frames import ChatDelta, SyncVersion
+from protocol.frames import SyncVersion
 from tests.conftest import RedisServer
 from tests.support import (
     TIMEOUT_S,
+    chat_delta,
     eventually,
     make_settings,
     serve_gateway,
 )
-from tests.test_redis_cluster import thread_upsert
-from tests.wsclient import expect_presence, expect_silence, patient_token, recv, send, session
-
-
-def delta(patient: uuid.UUID, seq: int) -> ChatDelta:
-    ids = uuid.UUID(int=1)
-    return ChatDelta(patient_id=patient, thread_id=ids, response_id=ids, seq=seq, delta="w ")
+from tests.wsclient import (
+    expect_presence,
+    expect_silence,
+    patient_token,
+    recv,
+    send,
+    session,
+    thread_upsert,
+)
 
 
 async def test_frames_reach_every_socket_of_the_patient_on_both_processes_once_in_order(
@@ -45,12 +48,12 @@ async def test_frames_reach_every_socket_of_the_patient_on_both_processes_once_i
         ):
             # Published by the first process's hub...
             for seq in range(30):
-                await first.services.hub.publish(patient_topic(patient), delta(patient, seq))
+                await first.services.hub.publish(patient_topic(patient), chat_delta(patient, seq))
             # ...and by another publisher on the same Redis, as the second process's hub does.
             publisher = RedisBroker(redis_server.url)
             try:
                 for seq in range(30, 60):
-                    frame = delta(patient, seq)
+                    frame = chat_delta(patient, seq)
                     await publisher.publish(
                         patient_topic(patient), envelope(frame.type, encode(frame))
                     )
@@ -70,12 +73,12 @@ async def test_delivery_resumes_after_redis_restarts(
     async with serve_gateway(settings, database_url) as gateway:
         async with session(gateway.ws_url, patient_token(patient)) as (ws, ready):
             topic = patient_topic(patient)
-            await gateway.services.hub.publish(topic, delta(patient, 0))
+            await gateway.services.hub.publish(topic, chat_delta(patient, 0))
             assert (await recv(ws))["seq"] == 0
 
             redis_server.stop()
             with pytest.raises(BrokerUnavailable):
-                await gateway.services.hub.publish(topic, delta(patient, 1))
+                await gateway.services.hub.publish(topic, chat_delta(patient, 1))
             redis_server.start()
             await redis_server.wait_ready()
 
@@ -86,7 +89,7 @@ async def test_delivery_resumes_after_redis_restarts(
                 "patient_id": str(patient),
                 "version": ready["sync_version"],
             }
-            await gateway.services.hub.publish(topic, delta(patient, 2))
+            await gateway.services.hub.publish(topic, chat_delta(patient, 2))
             assert (await recv(ws))["seq"] == 2
 
 

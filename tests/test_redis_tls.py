@@ -22,9 +22,8 @@ from gateway.realtime.hub import patient_topic
 from tests.conftest import RedisServer, gateway_process
 from tests.rediscluster import RedisClusterNodes
 from tests.support import make_settings, serve_gateway
-from tests.test_redis_cluster import thread_upsert
 from tests.tlscerts import TlsFiles, make_tls_files
-from tests.wsclient import expect_presence, patient_token, recv, send, session
+from tests.wsclient import expect_presence, patient_token, recv, send, session, thread_upsert
 
 
 @pytest.fixture

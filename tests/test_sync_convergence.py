@@ -12,7 +12,7 @@ import asyncpg
 from tests.conftest import RedisServer
 from tests.replica import Replica, database_state, random_mutations
 from tests.support import TIMEOUT_S, make_settings, serve_gateway
-from tests.wsclient import patient_token, recv, send, session
+from tests.wsclient import patient_token, recv, send, session, thread_upsert
 
 MUTATIONS_PER_DEVICE = 300
 
@@ -121,14 +121,7 @@ async def test_a_push_on_one_process_reaches_a_device_on_the_other(
             session(second_process, patient_token(patient, "phone")) as (b, _),
         ):
             for n, title in enumerate(["first", "second"], start=1):
-                mutation = {
-                    "mutation_id": f"m{n}",
-                    "entity": "thread",
-                    "op": "upsert",
-                    "id": thread,
-                    "data": {"title": title},
-                }
-                await send(a, {"type": "sync.push", "id": f"p{n}", "mutations": [mutation]})
+                await send(a, thread_upsert(n, thread, title))
                 delta = await recv(b, skip=("presence",))
                 assert delta["type"] == "sync.delta" and delta["version"] == n
                 (change,) = delta["changes"]

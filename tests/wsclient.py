@@ -97,3 +97,15 @@ async def expect_presence(
             frame = await recv(ws, skip=())
             if frame["type"] == "presence" and frame["devices"] == devices:
                 return frame
+
+
+def thread_upsert(n: int, thread: str, title: str) -> dict[str, Any]:
+    """A `sync.push` (id `p<n>`) of one thread upsert (mutation `m<n>`)."""
+    mutation = {
+        "mutation_id": f"m{n}",
+        "entity": "thread",
+        "op": "upsert",
+        "id": thread,
+        "data": {"title": title},
+    }
+    return {"type": "sync.push", "id": f"p{n}", "mutations": [mutation]}
